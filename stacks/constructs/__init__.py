@@ -1,0 +1,1 @@
+"""One construct per unit; each owns its resources and exposes them as attributes."""

@@ -1,0 +1,86 @@
+"""The accelerator cluster: NVIDIA GPU (default) or AWS Neuron instances, scaled to zero when idle."""
+
+from __future__ import annotations
+
+from aws_cdk import Tags
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from constructs import Construct
+
+from crossfleet.config.model import AcceleratorClusterConfig
+from stacks.constructs.pool_instances import PoolInstances, pool_instances, pool_user_data
+
+POOL = "gpu"
+
+
+class AcceleratorCluster(Construct):
+    """GPU/Neuron ASG with a cluster placement group, optional EFA and optional reservation targeting.
+
+    A cluster placement group lives in one AZ, so with it on the group uses the region's first AZ only.
+    Targeting an On-Demand Capacity Reservation or a Capacity Block pins the group to the reservation's one
+    instance type; otherwise a mixed-instances policy lists the types in priority order.
+    """
+
+    group: autoscaling.AutoScalingGroup
+    instances: PoolInstances
+    placement_group: ec2.PlacementGroup | None
+
+    def __init__(self, scope: Construct, id_: str, *, config: AcceleratorClusterConfig, vpc: ec2.IVpc,
+                 subnet_group_name: str, availability_zones: tuple[str, ...], group_name: str, region: str,
+                 deployment: str) -> None:
+        super().__init__(scope, id_)
+        self.placement_group = (ec2.PlacementGroup(self, "PlacementGroup",
+                                                   strategy=ec2.PlacementGroupStrategy.CLUSTER)
+                                if config.placement_group else None)
+        pinned_type = ec2.InstanceType(config.instance_types[0]) if config.reservation_id else None
+        self.instances = pool_instances(
+            self, vpc=vpc, pool=POOL,
+            machine_image=ec2.MachineImage.from_ssm_parameter(config.ami_parameter),
+            root_volume_gib=config.root_volume_gib,
+            user_data=pool_user_data(region=region, pool=POOL, deployment=deployment),
+            placement_group=self.placement_group,
+            instance_type=pinned_type,
+        )
+        self._apply_launch_options(config)
+
+        subnets = ec2.SubnetSelection(
+            subnet_group_name=subnet_group_name,
+            availability_zones=[availability_zones[0]] if config.placement_group else None,
+        )
+        common = dict(auto_scaling_group_name=group_name, vpc=vpc, vpc_subnets=subnets,
+                      min_capacity=config.min_size, max_capacity=config.max_size)
+        if pinned_type is not None:
+            self.group = autoscaling.AutoScalingGroup(self, "Group", launch_template=self.instances.launch_template,
+                                                      **common)
+        else:
+            self.group = autoscaling.AutoScalingGroup(
+                self, "Group", capacity_rebalance=config.spot, **common,
+                mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+                    launch_template=self.instances.launch_template,
+                    launch_template_overrides=[
+                        autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(name))
+                        for name in config.all_instance_types
+                    ],
+                    instances_distribution=autoscaling.InstancesDistribution(
+                        on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
+                        on_demand_base_capacity=0,
+                        # GPUs are On-Demand unless Spot is asked for: a reclaimed GPU mid-job is costly.
+                        on_demand_percentage_above_base_capacity=0 if config.spot else 100,
+                        spot_allocation_strategy=autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
+                    ),
+                ),
+            )
+        Tags.of(self).add("crossfleet:pool", POOL)
+
+    def _apply_launch_options(self, config: AcceleratorClusterConfig) -> None:
+        template = self.instances.launch_template.node.default_child
+        assert isinstance(template, ec2.CfnLaunchTemplate)
+        if config.efa:
+            template.add_property_override("LaunchTemplateData.NetworkInterfaces.0.InterfaceType", "efa")
+        if config.reservation_id:
+            template.add_property_override(
+                "LaunchTemplateData.CapacityReservationSpecification",
+                {"CapacityReservationTarget": {"CapacityReservationId": config.reservation_id}})
+        if config.capacity_block_id:
+            template.add_property_override("LaunchTemplateData.InstanceMarketOptions",
+                                           {"MarketType": "capacity-block"})

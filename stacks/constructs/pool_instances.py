@@ -1,0 +1,56 @@
+"""What every fleet instance gets, whatever its pool: role, security group and a hardened launch template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+
+@dataclass(frozen=True)
+class PoolInstances:
+    role: iam.Role
+    security_group: ec2.SecurityGroup
+    launch_template: ec2.LaunchTemplate
+
+
+def pool_instances(scope: Construct, *, vpc: ec2.IVpc, pool: str, machine_image: ec2.IMachineImage,
+                   root_volume_gib: int, user_data: ec2.UserData,
+                   placement_group: ec2.PlacementGroup | None = None,
+                   instance_type: ec2.InstanceType | None = None) -> PoolInstances:
+    # Session Manager is the only way in: no SSH key pair, no inbound rule.
+    role = iam.Role(scope, "InstanceRole", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+                    description=f"crossfleet {pool} pool instances: Session Manager and their work queue",
+                    managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(
+                        "AmazonSSMManagedInstanceCore")])
+    security_group = ec2.SecurityGroup(scope, "InstanceSecurityGroup", vpc=vpc, allow_all_outbound=True,
+                                       description=f"crossfleet {pool} pool instances (no inbound)")
+    launch_template = ec2.LaunchTemplate(
+        scope, "LaunchTemplate",
+        machine_image=machine_image,
+        instance_type=instance_type,
+        role=role,
+        security_group=security_group,
+        user_data=user_data,
+        require_imdsv2=True,
+        http_put_response_hop_limit=1,
+        associate_public_ip_address=False,
+        placement_group=placement_group,
+        block_devices=[ec2.BlockDevice(device_name="/dev/xvda", volume=ec2.BlockDeviceVolume.ebs(
+            root_volume_gib, volume_type=ec2.EbsDeviceVolumeType.GP3, encrypted=True,
+            delete_on_termination=True))],
+    )
+    return PoolInstances(role=role, security_group=security_group, launch_template=launch_template)
+
+
+def pool_user_data(*, region: str, pool: str, deployment: str) -> ec2.UserData:
+    """Identity file the worker agent reads on boot: which deployment, region and pool this instance serves."""
+    user_data = ec2.UserData.for_linux()
+    user_data.add_commands(
+        "install -d -m 0755 /etc/crossfleet",
+        f"printf 'CROSSFLEET_DEPLOYMENT={deployment}\\nCROSSFLEET_REGION={region}\\nCROSSFLEET_POOL={pool}\\n'"
+        " > /etc/crossfleet/pool.env",
+    )
+    return user_data

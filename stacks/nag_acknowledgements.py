@@ -1,0 +1,39 @@
+"""cdk-nag AwsSolutions findings crossfleet accepts, each with the rule, the resource and why.
+
+Acknowledgements are made per resource path, never stack-wide, so a new resource with the same finding
+shows up as an unacknowledged error.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Stack
+from cdk_nag import NagPackSuppression, NagSuppressions
+
+from stacks.constructs.network import INTERFACE_ENDPOINTS
+
+SSM_CORE = "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"
+
+
+def acknowledge_findings(stack: Stack) -> None:
+    base = f"/{stack.node.path}"
+    for fleet in ("GravitonFleet", "AcceleratorCluster"):
+        _ack(stack, f"{base}/{fleet}/InstanceRole/Resource", "AwsSolutions-IAM4",
+             "AmazonSSMManagedInstanceCore is the AWS-maintained minimum for Session Manager, the only way onto "
+             "fleet instances (no SSH keys, no inbound rules); copying it inline would freeze it.",
+             applies_to=[SSM_CORE])
+        _ack(stack, f"{base}/{fleet}/Group/ASG", "AwsSolutions-AS3",
+             "Scaling activity reaches operators through EventBridge Auto Scaling events and the rebalancer, "
+             "which reads the group every cycle; SNS notifications would be a second, unread channel.")
+        _ack(stack, f"{base}/{fleet}/Group/ASG", "CdkNagValidationFailure",
+             "AwsSolutions-EC26 cannot read volumes through a mixed-instances launch template; the launch "
+             "template's root volume is encrypted gp3, asserted in tests/test_region_stack.py.",
+             applies_to=["AwsSolutions-EC26"])
+    for endpoint in INTERFACE_ENDPOINTS:
+        _ack(stack, f"{base}/Network/Vpc/{endpoint}/SecurityGroup/Resource", "CdkNagValidationFailure",
+             "AwsSolutions-EC23 cannot evaluate the VPC CIDR reference; the endpoint security group admits only "
+             "TCP 443 from the VPC's own CIDR.", applies_to=["AwsSolutions-EC23"])
+
+
+def _ack(stack: Stack, path: str, rule: str, reason: str, *, applies_to: list[str] | None = None) -> None:
+    NagSuppressions.add_resource_suppressions_by_path(
+        stack, path, [NagPackSuppression(id=rule, reason=reason, applies_to=applies_to)])

@@ -1,0 +1,167 @@
+"""Every bad input named in the foundation issue fails with one message: key, value, what is allowed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crossfleet.config import ConfigError, parse_config
+from crossfleet.config.loader import load_from_context
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BAD_INPUTS = [
+    pytest.param({"regions": ["eu-west-1"]},
+                 "crossfleet config: regions[0].region = 'eu-west-1' is not allowed: a US region: one of "
+                 "us-east-1, us-east-2, us-west-1, us-west-2 (crossfleet keeps compute in US regions)",
+                 id="non-us-region"),
+    pytest.param({"graviton_fleet": {"instance_types": ["m7i.4xlarge"]}, "regions": ["us-east-1"]},
+                 "crossfleet config: regions[0].graviton_fleet.instance_types[0] = 'm7i.4xlarge' is not allowed: "
+                 "m7i.4xlarge is x86_64, the Graviton fleet takes arm64 types; allowed: arm64 CPU types such as "
+                 "m9g.4xlarge, c9g.4xlarge, r9g.4xlarge, m8g.4xlarge, c8g.4xlarge",
+                 id="x86-in-graviton-fleet"),
+    pytest.param({"graviton_fleet": {"fallback_instance_types": ["g5g.xlarge"]}, "regions": ["us-east-1"]},
+                 "crossfleet config: regions[0].graviton_fleet.fallback_instance_types[0] = 'g5g.xlarge' is not "
+                 "allowed: g5g.xlarge has nvidia accelerators, the Graviton fleet takes CPU-only types; allowed: "
+                 "arm64 CPU types such as m9g.4xlarge, c9g.4xlarge, r9g.4xlarge, m8g.4xlarge, c8g.4xlarge",
+                 id="gpu-type-in-graviton-fleet"),
+    pytest.param({"accelerator_cluster": {"instance_types": ["m9g.4xlarge"]}, "regions": ["us-east-1"]},
+                 "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'm9g.4xlarge' is not "
+                 "allowed: m9g.4xlarge has no accelerator, the accelerator cluster of kind 'nvidia' takes nvidia "
+                 "types; allowed: NVIDIA GPU types such as p5.48xlarge, p5en.48xlarge, g6e.12xlarge, g6.xlarge",
+                 id="cpu-type-in-accelerator-cluster"),
+    pytest.param({"accelerator_cluster": {"kind": "neuron", "instance_types": ["p5.48xlarge"],
+                                          "fallback_instance_types": []}, "regions": ["us-east-1"]},
+                 "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'p5.48xlarge' is not "
+                 "allowed: p5.48xlarge has nvidia accelerators, the cluster's kind is 'neuron'; allowed: AWS "
+                 "Neuron types such as inf2.48xlarge, inf2.24xlarge, trn1.32xlarge",
+                 id="nvidia-type-in-neuron-cluster"),
+    pytest.param({"accelerator_cluster": {"instance_types": ["g5g.xlarge"], "fallback_instance_types": []},
+                  "regions": ["us-east-1"]},
+                 "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'g5g.xlarge' is not "
+                 "allowed: g5g.xlarge is arm64, the nvidia AMI crossfleet uses is x86_64; allowed: NVIDIA GPU types "
+                 "such as p5.48xlarge, p5en.48xlarge, g6e.12xlarge, g6.xlarge",
+                 id="ami-architecture-mismatch"),
+    pytest.param({"regions": ["us-west-1"]},
+                 "crossfleet config: regions[0].graviton_fleet.instance_types[0] = 'm9g.4xlarge' is not allowed: "
+                 "a type offered in us-west-1 (m9g.4xlarge is offered in us-east-1, us-east-2, us-west-2)",
+                 id="m9g-not-in-us-west-1"),
+    pytest.param({"regions": [{"region": "us-west-1",
+                               "graviton_fleet": {"instance_types": ["m8g.4xlarge"], "fallback_instance_types": []},
+                               "accelerator_cluster": {"fallback_instance_types": ["g6e.12xlarge"]}}]},
+                 "crossfleet config: regions[0].accelerator_cluster.fallback_instance_types[0] = 'g6e.12xlarge' "
+                 "is not allowed: a type offered in us-west-1 (g6e.12xlarge is offered in us-east-1, us-east-2, "
+                 "us-west-2)",
+                 id="fallback-type-not-offered-checked-too"),
+    pytest.param({"graviton_fleet": {"min_size": 5, "max_size": 2}},
+                 "crossfleet config: regions[0].graviton_fleet.min_size = 5 is not allowed: at most max_size (2)",
+                 id="min-greater-than-max"),
+    pytest.param({"accelerator_cluster": {"max_size": -1}},
+                 "crossfleet config: regions[0].accelerator_cluster.max_size = -1 is not allowed: a whole number "
+                 "at least 0 and at most 1000",
+                 id="negative-size"),
+    pytest.param({"graviton_fleet": {"max_size": True}},
+                 "crossfleet config: regions[0].graviton_fleet.max_size = True is not allowed: a whole number",
+                 id="bool-is-not-a-size"),
+    pytest.param({"graviton_fleet": {"instance_typs": ["m9g.4xlarge"]}},
+                 "crossfleet config: graviton_fleet.instance_typs = ['m9g.4xlarge'] is not allowed: unknown key; "
+                 "did you mean 'instance_types'? known keys: instance_types, fallback_instance_types, min_size, "
+                 "max_size, on_demand_base_capacity, on_demand_percentage_above_base, root_volume_gib",
+                 id="unknown-key-did-you-mean"),
+    pytest.param({"regoins": ["us-east-1"]},
+                 "crossfleet config: regoins = ['us-east-1'] is not allowed: unknown key; did you mean 'regions'? "
+                 "known keys: name, stage, account, regions, network, graviton_fleet, accelerator_cluster, queues, "
+                 "state, rebalancer",
+                 id="unknown-top-level-key"),
+    pytest.param({"regions": ["us-east-1", "us-east-2", "us-east-1"]},
+                 "crossfleet config: regions[2] = 'us-east-1' is not allowed: each region once (it is listed twice)",
+                 id="duplicate-region"),
+    pytest.param({"regions": []},
+                 "crossfleet config: regions = [] is not allowed: at least one of us-east-1, us-east-2, us-west-1, "
+                 "us-west-2",
+                 id="empty-region-list"),
+    pytest.param({"regions": [{"region": "us-east-1", "availability_zones": ["us-east-2a"]}]},
+                 "crossfleet config: regions[0].availability_zones[0] = 'us-east-2a' is not allowed: an "
+                 "availability zone of us-east-1, e.g. us-east-1a",
+                 id="az-of-another-region"),
+    pytest.param({"graviton_fleet": {"instance_types": ["m9g.42xlarge"]}},
+                 "crossfleet config: regions[0].graviton_fleet.instance_types[0] = 'm9g.42xlarge' is not allowed: "
+                 "an instance type in crossfleet's offerings table (arm64 CPU types such as m9g.4xlarge, "
+                 "c9g.4xlarge, r9g.4xlarge, m8g.4xlarge, c8g.4xlarge)",
+                 id="unknown-instance-type"),
+    pytest.param({"accelerator_cluster": {"capacity_block_id": "cr-0123456789abcdef0"}},
+                 "crossfleet config: regions[0].accelerator_cluster.fallback_instance_types = ['p5en.48xlarge', "
+                 "'g6e.12xlarge'] is not allowed: an empty list when targeting a capacity reservation or block",
+                 id="reservation-with-fallbacks"),
+    pytest.param({"accelerator_cluster": {"capacity_reservation_id": "odcr-1"}},
+                 "crossfleet config: regions[0].accelerator_cluster.capacity_reservation_id = 'odcr-1' is not "
+                 "allowed: an On-Demand Capacity Reservation id (cr-...) or null",
+                 id="malformed-reservation-id"),
+    pytest.param({"stage": "Prod!"},
+                 "crossfleet config: stage = 'Prod!' is not allowed: 2-20 characters: lowercase letters, digits "
+                 "and '-', starting with a letter",
+                 id="bad-stage-name"),
+    pytest.param({"rebalancer": {"mode": "enforcing"}},
+                 "crossfleet config: rebalancer.mode = 'enforcing' is not allowed: one of observe, enforce",
+                 id="bad-mode"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), BAD_INPUTS)
+def test_bad_config_names_key_value_and_what_is_allowed(raw, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert str(caught.value) == message
+
+
+def test_defaults_are_valid_and_cover_three_us_regions():
+    config = parse_config({})
+    assert [r.region for r in config.regions] == ["us-east-1", "us-east-2", "us-west-2"]
+    assert config.prefix == "crossfleet-dev"
+    region = config.regions[0]
+    assert region.graviton_fleet.instance_types[0] == "m9g.4xlarge"
+    assert region.accelerator_cluster.min_size == 0
+
+
+def test_region_override_replaces_only_the_keys_it_names():
+    config = parse_config({"graviton_fleet": {"max_size": 50},
+                           "regions": ["us-east-1", {"region": "us-west-2", "graviton_fleet": {"max_size": 8}}]})
+    assert config.regions[0].graviton_fleet.max_size == 50
+    assert config.regions[1].graviton_fleet.max_size == 8
+    assert config.regions[1].graviton_fleet.instance_types == config.regions[0].graviton_fleet.instance_types
+
+
+def test_config_file_selected_with_context(tmp_path: Path):
+    path = tmp_path / "prod.json"
+    path.write_text(json.dumps({"stage": "prod", "regions": ["us-east-2"]}))
+    context = {"config": str(path)}
+    config = load_from_context(context.get, tmp_path)
+    assert config.prefix == "crossfleet-prod"
+    assert [r.region for r in config.regions] == ["us-east-2"]
+
+
+def test_missing_config_file_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError) as caught:
+        load_from_context({"config": "nope.json"}.get, tmp_path)
+    assert str(caught.value) == ("crossfleet config: config = 'nope.json' is not allowed: "
+                                 "a path to an existing JSON config file")
+
+
+def test_app_prints_one_line_and_no_stack_trace_on_bad_config():
+    """What `cdk synth` shows a person: app.py run the way the CLI runs it."""
+    context = json.dumps({"crossfleet": {"regions": ["us-east-1"], "graviton_fleet": {"min_size": 9,
+                                                                                      "max_size": 3}}})
+    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={"CDK_CONTEXT_JSON": context,
+                                 # The venv's own Node first, as `make` sets it up.
+                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                                 "CDK_OUTDIR": "/tmp/crossfleet-bad-config-out"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("crossfleet config: regions[0].graviton_fleet.min_size = 9 is not allowed: "
+                                     "at most max_size (3)")
+    assert "Traceback" not in result.stderr + result.stdout

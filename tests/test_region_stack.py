@@ -1,0 +1,192 @@
+"""Template assertions on intent, for every configured region of the default app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+from crossfleet.config.model import ACCELERATOR_AMI_PARAMETERS, AL2023_ARM64_AMI_PARAMETER
+from crossfleet.config.offerings import offerings
+from tests.cdk_helpers import SynthesizedApp, asg_for_pool, launch_template_of, resources_of_type, tag_value
+
+REGIONS = ("us-east-1", "us-east-2", "us-west-2")
+
+
+def _override_types(group: dict[str, Any]) -> list[str]:
+    overrides = group["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
+    return [o["InstanceType"] for o in overrides]
+
+
+def _ami_parameter_name(template: dict[str, Any], launch_template: dict[str, Any]) -> str:
+    image = launch_template["Properties"]["LaunchTemplateData"]["ImageId"]
+    parameter = template["Parameters"][image["Ref"]]
+    assert parameter["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    return parameter["Default"]
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_graviton_fleet_offers_only_arm64_graviton_types_m9g_first(default_app: SynthesizedApp, region: str):
+    template = default_app.template_json(region)
+    group = asg_for_pool(template, "cpu")
+    types = _override_types(group)
+    assert types[0].startswith("m9g."), "Graviton5 general purpose comes first"
+    table = offerings()
+    for name in types:
+        assert table[name].arch == "arm64" and table[name].accelerator == "none", name
+        assert region in table[name].regions, f"{name} not offered in {region}"
+    assert {t.split(".")[0] for t in types} >= {"m9g", "m8g"}, "Graviton4 fallback listed"
+    distribution = group["Properties"]["MixedInstancesPolicy"]["InstancesDistribution"]
+    assert distribution["SpotAllocationStrategy"] == "price-capacity-optimized"
+    assert distribution["OnDemandBaseCapacity"] >= 1
+    assert group["Properties"]["CapacityRebalance"] is True
+    assert _ami_parameter_name(template, launch_template_of(template, group)) == AL2023_ARM64_AMI_PARAMETER
+    assert "DesiredCapacity" not in group["Properties"], "the rebalancer owns desired capacity"
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_accelerator_cluster_is_nvidia_in_a_cluster_placement_group_scaled_to_zero(
+        default_app: SynthesizedApp, region: str):
+    template = default_app.template_json(region)
+    group = asg_for_pool(template, "gpu")
+    types = _override_types(group)
+    assert types[0] == "p5.48xlarge"
+    for name in types:
+        assert offerings()[name].accelerator == "nvidia", name
+    assert group["Properties"]["MinSize"] == "0"
+    launch_template = launch_template_of(template, group)
+    assert _ami_parameter_name(template, launch_template) == ACCELERATOR_AMI_PARAMETERS["nvidia"]
+    placement_ref = launch_template["Properties"]["LaunchTemplateData"]["Placement"]["GroupName"]
+    placement_id = placement_ref["Fn::GetAtt"][0]
+    assert template["Resources"][placement_id]["Type"] == "AWS::EC2::PlacementGroup"
+    assert template["Resources"][placement_id]["Properties"]["Strategy"] == "cluster"
+    # A cluster placement group lives in one AZ: the group must use exactly one subnet.
+    assert len(group["Properties"]["VPCZoneIdentifier"]) == 1
+    distribution = group["Properties"]["MixedInstancesPolicy"]["InstancesDistribution"]
+    assert distribution["OnDemandPercentageAboveBaseCapacity"] == 100
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_launch_templates_require_imdsv2_encrypted_gp3_and_no_public_ip(default_app: SynthesizedApp, region: str):
+    template = default_app.template_json(region)
+    templates = resources_of_type(template, "AWS::EC2::LaunchTemplate")
+    assert len(templates) == 2
+    for launch_template in templates.values():
+        data = launch_template["Properties"]["LaunchTemplateData"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+        for device in data["BlockDeviceMappings"]:
+            assert device["Ebs"]["Encrypted"] is True
+            assert device["Ebs"]["VolumeType"] == "gp3"
+        for interface in data["NetworkInterfaces"]:
+            assert interface["AssociatePublicIpAddress"] is False
+        assert "KeyName" not in data, "no SSH key pairs: Session Manager only"
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_fleets_run_in_private_subnets_only(default_app: SynthesizedApp, region: str):
+    template = default_app.template_json(region)
+    subnets = resources_of_type(template, "AWS::EC2::Subnet")
+    for subnet in subnets.values():
+        assert subnet["Properties"]["MapPublicIpOnLaunch"] is False
+    for pool in ("cpu", "gpu"):
+        for subnet_ref in asg_for_pool(template, pool)["Properties"]["VPCZoneIdentifier"]:
+            subnet = subnets[subnet_ref["Ref"]]
+            assert tag_value(subnet, "aws-cdk:subnet-type") == "Private", subnet_ref
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_every_work_queue_has_a_dead_letter_queue_sse_and_tls(default_app: SynthesizedApp, region: str):
+    template = default_app.template_json(region)
+    queues = resources_of_type(template, "AWS::SQS::Queue")
+    dlq_ids = set()
+    work_queues = {}
+    for logical_id, queue in queues.items():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True
+        redrive = queue["Properties"].get("RedrivePolicy")
+        if redrive:
+            work_queues[logical_id] = queue
+            dlq_ids.add(redrive["deadLetterTargetArn"]["Fn::GetAtt"][0])
+    assert set(queues) == set(work_queues) | dlq_ids, "every queue is a work queue with a DLQ, or a DLQ"
+    assert len(work_queues) >= 2
+    default_app.templates[region].has_resource_properties("AWS::SQS::QueuePolicy", {
+        "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
+            "Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])}})
+    policies = resources_of_type(template, "AWS::SQS::QueuePolicy")
+    covered = {q["Ref"] for p in policies.values() for q in p["Properties"]["Queues"]}
+    assert covered == set(queues), "TLS enforced on every queue"
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_state_table_encrypted_with_pitr_and_retained(default_app: SynthesizedApp, region: str):
+    default_app.templates[region].has_resource("AWS::DynamoDB::Table", {
+        "Properties": Match.object_like({
+            "SSESpecification": {"SSEEnabled": True},
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+            "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
+        }),
+        "DeletionPolicy": "Retain",
+        "UpdateReplacePolicy": "Retain",
+    })
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_cost_allocation_tags_on_fleets(default_app: SynthesizedApp, region: str):
+    template = default_app.template_json(region)
+    for pool in ("cpu", "gpu"):
+        group = asg_for_pool(template, pool)
+        tags = {t["Key"]: t for t in group["Properties"]["Tags"]}
+        expected = {"crossfleet:app": "crossfleet", "crossfleet:stage": "dev", "crossfleet:region": region,
+                    "crossfleet:deployment": "crossfleet-dev", "crossfleet:pool": pool}
+        for key, value in expected.items():
+            assert tags[key]["Value"] == value
+            assert tags[key]["PropagateAtLaunch"] is True, f"{key} reaches the instances for billing"
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_instance_roles_have_session_manager_and_only_their_own_queue(default_app: SynthesizedApp, region: str):
+    template = default_app.template_json(region)
+    roles = {k: v for k, v in resources_of_type(template, "AWS::IAM::Role").items()
+             if "ec2.amazonaws.com" in str(v["Properties"]["AssumeRolePolicyDocument"])}
+    assert len(roles) == 2
+    policies = resources_of_type(template, "AWS::IAM::Policy")
+    queues = {k for k, v in resources_of_type(template, "AWS::SQS::Queue").items()
+              if "RedrivePolicy" in v["Properties"]}
+    consumed_by_role: dict[str, set[str]] = {}
+    for role_id, role in roles.items():
+        assert "AmazonSSMManagedInstanceCore" in str(role["Properties"]["ManagedPolicyArns"])
+        for policy in policies.values():
+            if {"Ref": role_id} not in policy["Properties"]["Roles"]:
+                continue
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                if any(a.startswith("sqs:") for a in _as_list(statement["Action"])):
+                    for resource in _as_list(statement["Resource"]):
+                        consumed_by_role.setdefault(role_id, set()).add(resource["Fn::GetAtt"][0])
+    assert all(len(q) == 1 for q in consumed_by_role.values()), "each pool consumes exactly one queue"
+    assert set().union(*consumed_by_role.values()) == queues
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_one_stack_per_region_with_explicit_env(default_app: SynthesizedApp):
+    assert set(default_app.stacks) == set(REGIONS)
+    for region, stack in default_app.stacks.items():
+        assert stack.region == region
+        assert stack.stack_name == f"crossfleet-dev-{region}"
+
+
+def test_stateful_resources_keep_their_logical_ids(default_app: SynthesizedApp):
+    """Renaming a construct would replace the table or a queue (and lose its jobs) on the next deploy."""
+    template = default_app.template_json("us-east-1")
+    stateful = {k: v["Type"] for k, v in template["Resources"].items()
+                if v["Type"] in ("AWS::DynamoDB::Table", "AWS::SQS::Queue")}
+    assert stateful == {
+        "StateTable962DE04C": "AWS::DynamoDB::Table",
+        "WorkQueuesCpuDeadLetters82CFC2DA": "AWS::SQS::Queue",
+        "WorkQueuesCpuJobs0E588A3A": "AWS::SQS::Queue",
+        "WorkQueuesGpuDeadLettersC30336B5": "AWS::SQS::Queue",
+        "WorkQueuesGpuJobs8741EC0A": "AWS::SQS::Queue",
+    }

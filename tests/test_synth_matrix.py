@@ -1,0 +1,87 @@
+"""A matrix of configurations synthesizes, passes cdk-nag AwsSolutions and cfn-lint with zero errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from cfnlint.api import ManualArgs, lint
+
+from tests.cdk_helpers import SynthesizedApp, asg_for_pool, launch_template_of, synthesize
+
+MATRIX: dict[str, dict[str, Any] | None] = {
+    "default": None,  # uses the session's default_app fixture
+    "single-region": {"regions": ["us-east-2"]},
+    "neuron": {"regions": ["us-east-1"], "accelerator_cluster": {"kind": "neuron"}},
+    "capacity-block": {"regions": ["us-west-2"], "accelerator_cluster": {
+        "instance_types": ["p5.48xlarge"], "fallback_instance_types": [], "efa": True,
+        "capacity_block_id": "cr-0123456789abcdef0"}},
+    "custom-prefix": {"name": "aiplat", "stage": "prod", "regions": ["us-east-1", "us-west-1"],
+                      "graviton_fleet": {"instance_types": ["m8g.4xlarge"], "fallback_instance_types": ["c8g.4xlarge"]},
+                      "accelerator_cluster": {"instance_types": ["p5.48xlarge"], "fallback_instance_types": []}},
+}
+
+# Acknowledgement reasons must say something specific; these say nothing.
+VAGUE_REASONS = ("false positive", "not needed", "n/a", "ignore", "todo")
+
+
+@pytest.fixture(scope="module", params=list(MATRIX))
+def matrix_app(request: pytest.FixtureRequest, default_app: SynthesizedApp) -> SynthesizedApp:
+    raw = MATRIX[request.param]
+    return default_app if raw is None else synthesize(raw)
+
+
+def test_cdk_nag_leaves_no_unacknowledged_finding(matrix_app: SynthesizedApp):
+    assembly = matrix_app.app.synth()
+    problems = []
+    for stack in matrix_app.stacks.values():
+        for message in assembly.get_stack_artifact(stack.artifact_id).messages:
+            text = str(message.entry.data)
+            if message.level.name == "ERROR" or "AwsSolutions" in text or "CdkNag" in text:
+                problems.append(f"{message.id}: {text[:200]}")
+    assert problems == []
+
+
+def test_every_acknowledgement_is_per_resource_with_a_specific_reason(matrix_app: SynthesizedApp):
+    for region in matrix_app.stacks:
+        template = matrix_app.template_json(region)
+        assert "cdk_nag" not in template.get("Metadata", {}), "no stack-wide acknowledgements"
+        for logical_id, resource in template["Resources"].items():
+            for rule in resource.get("Metadata", {}).get("cdk_nag", {}).get("rules_to_suppress", []):
+                reason = rule["reason"]
+                assert rule["id"].startswith(("AwsSolutions-", "CdkNagValidationFailure")), logical_id
+                assert len(reason) >= 60, f"{logical_id} {rule['id']}: reason too thin: {reason!r}"
+                assert not any(v in reason.lower() for v in VAGUE_REASONS), f"{logical_id}: {reason!r}"
+
+
+def test_cfn_lint_reports_no_errors(matrix_app: SynthesizedApp):
+    for region in matrix_app.stacks:
+        template = json.dumps(matrix_app.template_json(region))
+        matches = lint(template, config=ManualArgs(regions=[region]))
+        errors = [f"{m.rule.id} {m.message} ({m.path_string})" for m in matches if m.rule.id.startswith("E")]
+        assert errors == [], region
+
+
+def test_matrix_variants_synthesize_what_they_ask_for():
+    neuron = synthesize(MATRIX["neuron"], nag=False).template_json("us-east-1")
+    group = asg_for_pool(neuron, "gpu")
+    types = [o["InstanceType"] for o in group["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]]
+    assert types[0].startswith("inf2.")
+    ami_ref = launch_template_of(neuron, group)["Properties"]["LaunchTemplateData"]["ImageId"]["Ref"]
+    assert "neuron" in neuron["Parameters"][ami_ref]["Default"]
+
+    block = synthesize(MATRIX["capacity-block"], nag=False).template_json("us-west-2")
+    group = asg_for_pool(block, "gpu")
+    assert "MixedInstancesPolicy" not in group["Properties"], "a reservation pins one type"
+    data = launch_template_of(block, group)["Properties"]["LaunchTemplateData"]
+    assert data["InstanceType"] == "p5.48xlarge"
+    assert data["InstanceMarketOptions"] == {"MarketType": "capacity-block"}
+    assert data["CapacityReservationSpecification"] == {
+        "CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}}
+    assert data["NetworkInterfaces"][0]["InterfaceType"] == "efa"
+
+    prefixed = synthesize(MATRIX["custom-prefix"], nag=False)
+    assert {s.stack_name for s in prefixed.stacks.values()} == {"aiplat-prod-us-east-1", "aiplat-prod-us-west-1"}
+    group = asg_for_pool(prefixed.template_json("us-west-1"), "cpu")
+    assert group["Properties"]["AutoScalingGroupName"] == "aiplat-prod-us-west-1-cpu"
