@@ -7,7 +7,7 @@ shows up as an unacknowledged error.
 from __future__ import annotations
 
 from aws_cdk import Stack
-from cdk_nag import NagPackSuppression, NagSuppressions
+from cdk_nag import NagPackSuppression, NagSuppressions, RegexAppliesTo
 
 from stacks.constructs.network import INTERFACE_ENDPOINTS
 
@@ -34,6 +34,21 @@ def acknowledge_findings(stack: Stack) -> None:
              "TCP 443 from the VPC's own CIDR.", applies_to=["AwsSolutions-EC23"])
 
 
-def _ack(stack: Stack, path: str, rule: str, reason: str, *, applies_to: list[str] | None = None) -> None:
+    _ack(stack, f"{base}/Rebalancer/Function/Resource", "AwsSolutions-L1",
+         "The controllers are pinned to Python 3.13 on arm64, the runtime they are tested on; moving to a newer "
+         "runtime is a deliberate, tested change rather than a synth-time default.")
+    _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
+         "An Auto Scaling group ARN embeds a UUID assigned at creation, so the statement names each group "
+         "exactly but wildcards the UUID; it also requires the crossfleet:deployment tag, and tag changes are "
+         "denied.",
+         applies_to=[RegexAppliesTo(regex="/^Resource::arn:<AWS::Partition>:autoscaling:[a-z0-9-]+:"
+                                          ".+:autoScalingGroup:\\*:autoScalingGroupName\\/.+$/g")])
+    _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
+         "DescribeAutoScalingGroups and DescribeScalingActivities support no resource-level permissions, and the "
+         "only other '*' statement is the Deny on retagging groups.", applies_to=["Resource::*"])
+
+
+def _ack(stack: Stack, path: str, rule: str, reason: str, *,
+         applies_to: list[str | RegexAppliesTo] | None = None) -> None:
     NagSuppressions.add_resource_suppressions_by_path(
         stack, path, [NagPackSuppression(id=rule, reason=reason, applies_to=applies_to)])

@@ -9,6 +9,7 @@ from crossfleet.config.model import AppConfig, RegionConfig
 from stacks.constructs.accelerator_cluster import AcceleratorCluster
 from stacks.constructs.graviton_fleet import GravitonFleet
 from stacks.constructs.network import Network
+from stacks.constructs.rebalancer import Rebalancer
 from stacks.constructs.state_table import StateTable
 from stacks.constructs.work_queues import WorkQueues
 
@@ -35,6 +36,16 @@ class RegionStack(Stack):
             self, "AcceleratorCluster", config=region.accelerator_cluster, vpc=self.network.vpc,
             subnet_group_name="instances", availability_zones=region.availability_zones,
             group_name=f"{deployment}-{region.region}-gpu", region=region.region, deployment=deployment)
+
+        self.rebalancer = Rebalancer(
+            self, "Rebalancer", config=config.rebalancer, deployment=deployment, region=region.region,
+            queues=self.queues, state=self.state,
+            groups={
+                "cpu": (f"{deployment}-{region.region}-cpu", region.graviton_fleet.instance_types[0],
+                        region.graviton_fleet.min_size, region.graviton_fleet.max_size),
+                "gpu": (f"{deployment}-{region.region}-gpu", region.accelerator_cluster.instance_types[0],
+                        region.accelerator_cluster.min_size, region.accelerator_cluster.max_size),
+            })
 
         for pool, fleet in (("cpu", self.graviton_fleet), ("gpu", self.accelerator_cluster)):
             self.queues.pools[pool].queue.grant_consume_messages(fleet.instances.role)

@@ -48,11 +48,11 @@ BAD_INPUTS = [
                  "such as p5.48xlarge, p5en.48xlarge, g6e.12xlarge, g6.xlarge",
                  id="ami-architecture-mismatch"),
     pytest.param({"regions": ["us-west-1"]},
-                 "crossfleet config: regions[0].graviton_fleet.instance_types[0] = 'm9g.4xlarge' is not allowed: "
-                 "a type offered in us-west-1 (m9g.4xlarge is offered in us-east-1, us-east-2, us-west-2)",
+                 "crossfleet config: regions[0].graviton_fleet.instance_types[0] = 'm9g.16xlarge' is not allowed: "
+                 "a type offered in us-west-1 (m9g.16xlarge is offered in us-east-1, us-east-2, us-west-2)",
                  id="m9g-not-in-us-west-1"),
     pytest.param({"regions": [{"region": "us-west-1",
-                               "graviton_fleet": {"instance_types": ["m8g.4xlarge"], "fallback_instance_types": []},
+                               "graviton_fleet": {"instance_types": ["m8g.16xlarge"], "fallback_instance_types": []},
                                "accelerator_cluster": {"fallback_instance_types": ["g6e.12xlarge"]}}]},
                  "crossfleet config: regions[0].accelerator_cluster.fallback_instance_types[0] = 'g6e.12xlarge' "
                  "is not allowed: a type offered in us-west-1 (g6e.12xlarge is offered in us-east-1, us-east-2, "
@@ -124,7 +124,7 @@ def test_defaults_are_valid_and_cover_three_us_regions():
     assert [r.region for r in config.regions] == ["us-east-1", "us-east-2", "us-west-2"]
     assert config.prefix == "crossfleet-dev"
     region = config.regions[0]
-    assert region.graviton_fleet.instance_types[0] == "m9g.4xlarge"
+    assert region.graviton_fleet.instance_types[0] == "m9g.16xlarge"
     assert region.accelerator_cluster.min_size == 0
 
 

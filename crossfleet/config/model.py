@@ -290,8 +290,9 @@ def _examples(want: str) -> str:
 
 
 def _graviton(s: Mapping[str, Any], path: str, region: str) -> GravitonFleetConfig:
-    types = p.string_list(s, path, "instance_types", ("m9g.4xlarge", "c9g.4xlarge", "r9g.4xlarge"))
-    fallbacks = p.string_list(s, path, "fallback_instance_types", ("m8g.4xlarge", "c8g.4xlarge"),
+    # 16xlarge: CPU LLM decode is memory-bandwidth bound, so a whole socket's bandwidth per instance.
+    types = p.string_list(s, path, "instance_types", ("m9g.16xlarge", "c9g.16xlarge", "r9g.16xlarge"))
+    fallbacks = p.string_list(s, path, "fallback_instance_types", ("m8g.16xlarge", "c8g.16xlarge"),
                               allow_empty=True)
     _check_offered(types, path, "instance_types", region, want="graviton")
     _check_offered(fallbacks, path, "fallback_instance_types", region, want="graviton")

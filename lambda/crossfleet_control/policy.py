@@ -1,0 +1,240 @@
+"""The rebalancer's pure policy: observation in, decision out, every choice with its reason.
+
+No boto3 here: the Lambda handler, the simulator and the CLI's `plan` all call these functions.
+
+One cycle, per region:
+1. `plan_sampling` says which queues are worth sampling for move candidates (a pool under pressure, or a
+   pool whose partner has idle slots), within the move budget.
+2. `decide` picks moves for the sampled `either` jobs, then sizes both fleets from the backlog the moves
+   leave behind.
+
+Sizing follows AWS's backlog-per-instance guidance: an instance finishes `streams * target_wait / job_seconds`
+jobs within the target wait, so the fleet needs `backlog / that` instances, clamped to [min, max], at most
+`max_scale_up_step` up per cycle, and down only after the want has stayed lower for `scale_in_delay_seconds`
+(then at most `max_scale_in_step` per cycle, never below the instances busy with in-flight jobs).
+Unknown telemetry holds a pool: no scaling, no moves into or out of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from crossfleet_control.policy_types import (
+    ControllerMemory,
+    Decision,
+    Move,
+    Observation,
+    PolicySettings,
+    PoolDecision,
+    PoolMemory,
+    PoolSpec,
+    PoolTelemetry,
+    QueuedJob,
+    SampleRequest,
+)
+
+PAIRS = (("gpu", "cpu"), ("cpu", "gpu"))
+
+
+def clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+@dataclass
+class _PoolLoad:
+    """Mutable working view of one pool while moves are chosen within a cycle."""
+
+    spec: PoolSpec
+    telemetry: PoolTelemetry
+    visible: int
+    idle_slots: int
+
+    @property
+    def slots(self) -> int:
+        return (self.telemetry.in_service or 0) * self.spec.profile.streams
+
+    def can_add_capacity(self) -> bool:
+        short = (self.telemetry.failed_launches or 0) > 0
+        return self.spec.max_size > 0 and not short
+
+    def eta_seconds(self) -> float:
+        """Seconds until a job enqueued now would start on this pool."""
+        free = self.slots - (self.telemetry.in_flight or 0)
+        if self.visible < free:
+            return 0.0
+        waiting_work = (self.visible - max(free, 0) + 1) * self.spec.mean_job_seconds
+        if self.slots > 0:
+            return waiting_work / self.slots
+        if not self.can_add_capacity():
+            return math.inf
+        # No instance yet: a boot, then the first instance works through the queue.
+        return self.spec.profile.boot_seconds + waiting_work / self.spec.profile.streams
+
+
+def _known(telemetry: PoolTelemetry | None) -> bool:
+    return telemetry is not None and not telemetry.missing()
+
+
+def _movable(observation: Observation, source: str, destination: str) -> bool:
+    """Moves need both sides' telemetry and neither side frozen by an operator."""
+    pools = observation.pools
+    return (_known(pools.get(source)) and _known(pools.get(destination))
+            and not observation.override(source).frozen and not observation.override(destination).frozen)
+
+
+def _loads(observation: Observation, specs: Mapping[str, PoolSpec]) -> dict[str, _PoolLoad]:
+    loads = {}
+    for name, spec in specs.items():
+        telemetry = observation.pools.get(name)
+        if not _known(telemetry):
+            continue
+        assert telemetry is not None and telemetry.visible is not None and telemetry.in_flight is not None
+        slots = (telemetry.in_service or 0) * spec.profile.streams
+        idle = max(0, slots - telemetry.in_flight - telemetry.visible)
+        loads[name] = _PoolLoad(spec=spec, telemetry=telemetry, visible=telemetry.visible, idle_slots=idle)
+    return loads
+
+
+def plan_sampling(observation: Observation, specs: Mapping[str, PoolSpec],
+                  settings: PolicySettings) -> tuple[SampleRequest, ...]:
+    """Which queues to sample for move candidates, and how many messages, within the move budget."""
+    loads = _loads(observation, specs)
+    requests = []
+    budget = settings.move_budget
+    for source, destination in PAIRS:
+        if budget <= 0 or not _movable(observation, source, destination):
+            continue
+        if source not in loads or destination not in loads or loads[source].visible == 0:
+            continue
+        src, dst = loads[source], loads[destination]
+        if dst.idle_slots > 0:
+            reason = f"{destination} has {dst.idle_slots} idle slots"
+        elif src.eta_seconds() > settings.target_wait_seconds:
+            reason = f"{source} start wait {src.eta_seconds():.0f}s exceeds target {settings.target_wait_seconds:.0f}s"
+        else:
+            continue
+        count = min(budget, src.visible)
+        requests.append(SampleRequest(pool=source, count=count, reason=reason))
+        budget -= count
+    return tuple(requests)
+
+
+def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settings: PolicySettings,
+                 candidates: Sequence[QueuedJob]) -> tuple[Move, ...]:
+    """Move `either` jobs to the pool that finishes them within their deadline, cheapest first.
+
+    A job moves when (a) it would miss its deadline where it is and meet it on the other pool, (b) the other
+    pool has idle slots (already paid for) while this one makes the job wait, and the job still meets its
+    deadline there, or (c) it misses everywhere but the other pool finishes it clearly sooner. Placement is
+    never violated, and a job moved `max_moves_per_job` times stays put.
+    """
+    loads = _loads(observation, specs)
+    moves: list[Move] = []
+    ordered = sorted(candidates, key=lambda c: (-c.job.priority, c.job.deadline_at()))
+    for candidate in ordered[: settings.move_budget]:
+        job, source = candidate.job, candidate.pool
+        destination = "cpu" if source == "gpu" else "gpu"
+        if job.placement != "either" or not job.may_run_on(destination) or not job.may_run_on(source):
+            continue
+        if job.moves >= settings.max_moves_per_job or not _movable(observation, source, destination):
+            continue
+        if source not in loads or destination not in loads:
+            continue
+        src, dst = loads[source], loads[destination]
+        remaining = job.deadline_at() - observation.now
+        finish_here = src.eta_seconds() + src.spec.profile.job_seconds(job)
+        finish_there = dst.eta_seconds() + dst.spec.profile.job_seconds(job)
+        meets_here, meets_there = finish_here <= remaining, finish_there <= remaining
+        numbers = (f"{source} finish {finish_here:.0f}s, {destination} finish {finish_there:.0f}s, "
+                   f"deadline in {remaining:.0f}s")
+        code = None
+        if meets_there and not meets_here:
+            code = "deadline"
+        elif meets_there and dst.idle_slots > 0 and src.eta_seconds() > 0 and finish_there <= finish_here:
+            code = "idle_capacity"
+        elif not meets_here and not meets_there and finish_there < finish_here * (1 - settings.late_improvement):
+            code = "least_late"
+        if code is None:
+            continue
+        moves.append(Move(job_id=job.id, source=source, destination=destination, reason=code, detail=numbers))
+        src.visible -= 1
+        dst.visible += 1
+        dst.idle_slots = max(0, dst.idle_slots - 1)
+    return tuple(moves)
+
+
+def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Observation, memory: PoolMemory,
+              settings: PolicySettings, backlog_delta: int = 0) -> tuple[PoolDecision, PoolMemory]:
+    """Desired capacity for one pool, with the reason."""
+    name = spec.name
+    if telemetry is None or telemetry.missing():
+        missing = ", ".join(telemetry.missing()) if telemetry else "everything"
+        current = telemetry.desired if telemetry else None
+        return (PoolDecision(name, current, current, None, f"hold: telemetry unknown ({missing})", held=True),
+                memory)
+    assert telemetry.desired is not None and telemetry.visible is not None and telemetry.in_flight is not None
+    current = telemetry.desired
+    low, high = spec.min_size, spec.max_size
+    base = clamp(current, low, high)
+    override = observation.override(name)
+    if override.frozen:
+        note = f": {override.note}" if override.note else ""
+        return PoolDecision(name, current, base, None, f"frozen by operator{note}", held=True), PoolMemory()
+
+    streams = spec.profile.streams
+    backlog = max(0, telemetry.visible + backlog_delta) + telemetry.in_flight
+    per_instance = streams * settings.target_wait_seconds / max(spec.mean_job_seconds, 1e-9)
+    needed = math.ceil(backlog / per_instance) if backlog else 0
+    busy = math.ceil(telemetry.in_flight / streams)
+    needed = max(needed, busy)
+    why = f"backlog {backlog} jobs needs {needed} instance(s) at {per_instance:.1f} jobs/instance per " \
+          f"{settings.target_wait_seconds:.0f}s"
+    age = telemetry.oldest_age_seconds
+    if (age is not None and age > settings.target_wait_seconds and telemetry.visible > 0
+            and (telemetry.pending or 0) == 0 and needed <= base):
+        needed = base + 1
+        why = f"oldest job waited {age:.0f}s > target {settings.target_wait_seconds:.0f}s with nothing pending"
+
+    if override.pinned_desired is not None:
+        wanted = clamp(override.pinned_desired, low, high)
+        why = f"pinned at {override.pinned_desired} by operator" + (f": {override.note}" if override.note else "")
+    else:
+        wanted = clamp(needed, low, high)
+
+    if wanted > base:
+        desired = min(wanted, base + settings.max_scale_up_step)
+        step = " (step-limited)" if desired < wanted else ""
+        return PoolDecision(name, current, desired, wanted, f"scale up to {desired}{step}: {why}"), PoolMemory()
+    if wanted < base:
+        # The pin is an instruction, not a measurement: it does not wait out the scale-in delay.
+        low_since = memory.low_since if memory.low_since is not None else observation.now
+        waited = observation.now - low_since
+        if override.pinned_desired is not None or waited >= settings.scale_in_delay_seconds:
+            desired = max(wanted, base - settings.max_scale_in_step)
+            return (PoolDecision(name, current, desired, wanted,
+                                 f"scale in to {desired} after {waited:.0f}s below: {why}"),
+                    PoolMemory(low_since=low_since))
+        return (PoolDecision(name, current, base, wanted,
+                             f"hold at {base}: scale-in waits {settings.scale_in_delay_seconds - waited:.0f}s more; "
+                             f"{why}"),
+                PoolMemory(low_since=low_since))
+    reason = f"steady at {base}: {why}" if base == current else f"clamped {current} to [{low}, {high}]"
+    return PoolDecision(name, current, base, wanted, reason), PoolMemory()
+
+
+def decide(observation: Observation, specs: Mapping[str, PoolSpec], settings: PolicySettings,
+           memory: ControllerMemory, candidates: Sequence[QueuedJob] = ()) -> Decision:
+    moves = choose_moves(observation, specs, settings, candidates)
+    delta = {name: 0 for name in specs}
+    for move in moves:
+        delta[move.source] -= 1
+        delta[move.destination] += 1
+    pools = {}
+    new_memory = {}
+    for name, spec in specs.items():
+        pools[name], new_memory[name] = size_pool(spec, observation.pools.get(name), observation,
+                                                  memory.of(name), settings, delta[name])
+    notes = tuple(f"{name}: {d.reason}" for name, d in pools.items() if d.held)
+    return Decision(pools=pools, moves=moves, memory=ControllerMemory(pools=new_memory), notes=notes)

@@ -1,0 +1,291 @@
+"""The rebalancer Lambda: observe, decide (pure policy), act, record. One region, one cycle per invocation.
+
+The handler is thin: it builds adapters once per container, then `run_cycle` takes the lease, gathers the
+observation, asks the policy, applies the decision (in `enforce` mode) and records it with its reasons.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from crossfleet_control import policy
+from crossfleet_control.adapters import (
+    AutoScalingFleets,
+    ControllerState,
+    LeaseLost,
+    MalformedMessage,
+    ReceivedJob,
+    SqsQueues,
+)
+from crossfleet_control.metrics import MetricsRecorder
+from crossfleet_control.policy_types import Decision, Observation, PoolTelemetry, QueuedJob
+from crossfleet_control.settings import Settings
+
+# A sampled message is held this long; the cycle releases it sooner (or moves it) well within the timeout.
+SAMPLE_HOLD_SECONDS = 60
+# Stop starting new AWS work when less than this much of the invocation remains.
+SAFETY_MARGIN_SECONDS = 5.0
+
+
+@dataclass
+class Dependencies:
+    settings: Settings
+    queues: SqsQueues
+    fleets: AutoScalingFleets
+    state: ControllerState
+    metrics: MetricsRecorder
+    clock: Callable[[], float] = time.time
+
+
+def build_dependencies(settings: Settings, *, session: Any = None) -> Dependencies:
+    import boto3
+    from botocore.config import Config
+
+    # Standard retries with backoff and jitter: throttling is normal at fleet scale (failure case 8).
+    config = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
+    session = session or boto3.session.Session(region_name=settings.region)
+    metrics = MetricsRecorder(settings.deployment, settings.region)
+
+    def on_error(where: str, error: Exception) -> None:
+        metrics.add("Errors", 1, Operation=where.split("[")[0])
+        print(f"crossfleet rebalancer error at {where}: {error}")
+
+    return Dependencies(
+        settings=settings,
+        queues=SqsQueues(session.client("sqs", config=config),
+                         {p: s.queue_url for p, s in settings.pools.items()},
+                         {p: s.dead_letter_url for p, s in settings.pools.items()}, on_error),
+        fleets=AutoScalingFleets(session.client("autoscaling", config=config),
+                                 {p: s.group_name for p, s in settings.pools.items()}, on_error),
+        state=ControllerState(session.client("dynamodb", config=config), settings.table_name, settings.region),
+        metrics=metrics,
+    )
+
+
+_DEPENDENCIES: Dependencies | None = None
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    global _DEPENDENCIES
+    if _DEPENDENCIES is None:  # once per container: settings parsed, clients built
+        _DEPENDENCIES = build_dependencies(Settings.from_json(os.environ["CROSSFLEET_SETTINGS"]))
+    holder = getattr(context, "aws_request_id", None) or str(uuid.uuid4())
+    remaining = getattr(context, "get_remaining_time_in_millis", lambda: 50_000)
+    return run_cycle(_DEPENDENCIES, event, holder=holder, remaining_ms=remaining)
+
+
+def run_cycle(deps: Dependencies, event: dict[str, Any], *, holder: str,
+              remaining_ms: Callable[[], float]) -> dict[str, Any]:
+    settings, metrics = deps.settings, deps.metrics
+    started = deps.clock()
+
+    def time_left() -> float:
+        return remaining_ms() / 1000 - SAFETY_MARGIN_SECONDS
+
+    try:
+        stale = _stale_tick(event, started, settings.schedule_seconds)
+        if stale:
+            metrics.add("StaleTicks")
+            return {"status": "skipped", "reason": stale}
+        try:
+            fence = deps.state.acquire_lease(holder, settings.lease_seconds)
+        except LeaseLost as lost:
+            metrics.add("LeaseBusy")
+            return {"status": "skipped", "reason": str(lost)}
+        except Exception as error:  # the table itself failed: nothing safe to do this cycle
+            metrics.add("Errors", 1, Operation="dynamodb.acquire_lease")
+            return {"status": "error", "reason": f"lease: {error}"}
+        try:
+            return _cycle(deps, holder, fence, time_left)
+        finally:
+            try:
+                deps.state.release_lease(holder, fence)
+            except Exception:  # the lease expires by itself
+                metrics.add("Errors", 1, Operation="dynamodb.release_lease")
+    finally:
+        metrics.flush()
+
+
+def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], float]) -> dict[str, Any]:
+    settings, metrics = deps.settings, deps.metrics
+    specs = settings.specs()
+    now = deps.clock()
+    try:
+        memory, overrides = deps.state.load_controls()
+    except Exception as error:
+        # Without memory or overrides an operator's freeze could be ignored: hold everything this cycle.
+        metrics.add("Errors", 1, Operation="dynamodb.load_controls")
+        return {"status": "held", "reason": f"could not read controls: {error}"}
+
+    groups = deps.fleets.telemetry()
+    telemetry = {}
+    for pool in specs:
+        queue = deps.queues.telemetry(pool)
+        group = groups[pool]
+        tag_ok = group.deployment_tag == settings.deployment
+        if group.desired is not None and not tag_ok:
+            # Failure case 22: a group that lost or never had our tag is not ours to size.
+            metrics.add("Errors", 1, Operation="foreign_group")
+        telemetry[pool] = PoolTelemetry(
+            visible=queue.visible, in_flight=queue.in_flight, oldest_age_seconds=None,
+            desired=group.desired if tag_ok else None, in_service=group.in_service if tag_ok else None,
+            pending=group.pending, failed_launches=deps.fleets.failed_launches(pool, now))
+    observation = Observation(now=now, pools=telemetry, overrides=overrides)
+
+    # Sample move candidates only where the policy sees a reason to.
+    received: list[ReceivedJob] = []
+    malformed: list[MalformedMessage] = []
+    for request in policy.plan_sampling(observation, specs, settings.policy):
+        jobs, bad = deps.queues.sample(request.pool, request.count, SAMPLE_HOLD_SECONDS, time_left)
+        received += jobs
+        malformed += bad
+    for message in malformed:
+        # Poison messages are quarantined with their reason in either mode: they can never run (case 11).
+        if deps.queues.dead_letter(message, settings.deployment):
+            metrics.add("Quarantined", 1, Pool=message.pool)
+
+    decision = policy.decide(observation, specs, settings.policy, memory,
+                             [QueuedJob(pool=r.pool, job=r.job) for r in received])
+    applied = _apply(deps, decision, received, holder, fence, time_left) if settings.mode == "enforce" else {}
+    if settings.mode != "enforce":
+        _release(deps, received, moved=set())
+
+    try:
+        deps.state.save_memory(decision.memory, fence)
+    except LeaseLost:
+        metrics.add("LeaseLostAfterAct")
+    record = _record(settings, observation, decision, applied, len(malformed))
+    try:
+        deps.state.record_decision(record, fence, settings.decision_ttl_seconds)
+    except Exception:
+        metrics.add("Errors", 1, Operation="dynamodb.record_decision")
+    _emit(metrics, observation, decision, applied)
+    return {"status": "ok", "mode": settings.mode, "fence": fence, **record["summary"]}
+
+
+def _apply(deps: Dependencies, decision: Decision, received: list[ReceivedJob], holder: str, fence: int,
+           time_left: Callable[[], float]) -> dict[str, Any]:
+    settings, metrics = deps.settings, deps.metrics
+    applied: dict[str, Any] = {"capacity": {}, "moved": [], "move_failures": 0}
+    if not deps.state.still_holds(holder, fence):
+        metrics.add("LeaseLostBeforeAct")
+        _release(deps, received, moved=set())
+        return applied
+    for pool, pool_decision in decision.pools.items():
+        if not pool_decision.changes_capacity or pool_decision.desired is None:
+            continue
+        spec = settings.pools[pool]
+        # Clamp again right before the call: IAM cannot bound a desired capacity (failure case 5).
+        desired = policy.clamp(pool_decision.desired, spec.min_size, spec.max_size)
+        try:
+            deps.fleets.set_desired(pool, desired)
+            applied["capacity"][pool] = desired
+        except Exception as error:
+            metrics.add("Errors", 1, Operation="autoscaling.set_desired_capacity")
+            print(f"crossfleet rebalancer: set_desired_capacity {pool}={desired} failed: {error}")
+
+    by_id = {r.job.id: r for r in received}
+    moved: set[str] = set()
+    for (source, destination), moves in _group_moves(decision).items():
+        if time_left() <= 0:
+            break
+        jobs = [by_id[m.job_id] for m in moves if m.job_id in by_id]
+        # Send-then-delete: the copy is durable in the destination queue before the original goes.
+        accepted = deps.queues.send_jobs(destination, [r.job.moved() for r in jobs])
+        applied["move_failures"] += len(jobs) - len(accepted)
+        sent = [r for r in jobs if r.job.id in accepted]
+        deleted = deps.queues.delete(source, [r.receipt_handle for r in sent])
+        if deleted < len(sent):
+            # The copy exists; the original reappears after its hold and the worker's claim deduplicates it.
+            metrics.add("Errors", 1, Operation="sqs.delete_after_move")
+        moved |= {r.job.id for r in sent}
+        applied["moved"] += [r.job.id for r in sent]
+    _release(deps, received, moved=moved)
+    return applied
+
+
+def _group_moves(decision: Decision) -> dict[tuple[str, str], list[Any]]:
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for move in decision.moves:
+        groups.setdefault((move.source, move.destination), []).append(move)
+    return groups
+
+
+def _release(deps: Dependencies, received: list[ReceivedJob], *, moved: set[str]) -> None:
+    for pool in {r.pool for r in received}:
+        handles = [r.receipt_handle for r in received if r.pool == pool and r.job.id not in moved]
+        if handles:
+            deps.queues.release(pool, handles)
+
+
+def _stale_tick(event: dict[str, Any], now: float, schedule_seconds: int) -> str | None:
+    """An EventBridge tick delivered long after its time acts on a world that has moved on (case 15)."""
+    stamp = event.get("time") if isinstance(event, dict) else None
+    if not stamp:
+        return None
+    try:
+        scheduled = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    if now - scheduled > 3 * schedule_seconds:
+        return f"tick from {stamp} is {now - scheduled:.0f}s old"
+    return None
+
+
+def _record(settings: Settings, observation: Observation, decision: Decision, applied: dict[str, Any],
+            quarantined: int) -> dict[str, Any]:
+    return {
+        "at": observation.now,
+        "mode": settings.mode,
+        "region": settings.region,
+        "observation": {pool: asdict(t) for pool, t in observation.pools.items()},
+        "overrides": {pool: asdict(o) for pool, o in observation.overrides.items()},
+        "pools": {pool: asdict(d) for pool, d in decision.pools.items()},
+        "moves": [asdict(m) for m in decision.moves],
+        "applied": applied,
+        "notes": list(decision.notes),
+        "summary": {
+            "desired": {pool: d.desired for pool, d in decision.pools.items()},
+            "moves_decided": len(decision.moves),
+            "moves_applied": len(applied.get("moved", [])),
+            "quarantined": quarantined,
+            "held": [pool for pool, d in decision.pools.items() if d.held],
+        },
+    }
+
+
+def _emit(metrics: MetricsRecorder, observation: Observation, decision: Decision, applied: dict[str, Any]) -> None:
+    for pool, telemetry in observation.pools.items():
+        if telemetry.visible is not None:
+            metrics.put("Backlog", telemetry.visible + (telemetry.in_flight or 0), Pool=pool)
+        pool_decision = decision.pools[pool]
+        if pool_decision.desired is not None:
+            metrics.put("DesiredCapacity", pool_decision.desired, Pool=pool)
+        if pool_decision.held:
+            metrics.add("Holds", 1, Pool=pool)
+    for move in decision.moves:
+        metrics.add("MovesDecided", 1, Reason=move.reason)
+    if applied:
+        metrics.put("MovesApplied", len(applied.get("moved", [])))
+        metrics.put("MoveFailures", applied.get("move_failures", 0))
+
+
+def api_call_bound(settings: Settings) -> int:
+    """Most AWS calls one cycle can make (documented in the README; asserted in tests).
+
+    Fixed: lease take + release (2), controls query (1), group describe (1), per pool queue attributes and
+    scaling activities (2 each), lease check before acting (1), desired capacity per pool (1 each), memory
+    and decision writes (2). Moves: per 10 sampled messages one receive, one send, one delete or release;
+    per malformed message a DLQ send and a delete.
+    """
+    pools = len(settings.pools)
+    fixed = 2 + 1 + 1 + 2 * pools + 1 + pools + 2
+    batches = math.ceil(settings.policy.move_budget / 10) + len(settings.pools)
+    return fixed + 4 * batches + 2 * settings.policy.move_budget

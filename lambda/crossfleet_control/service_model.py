@@ -1,0 +1,77 @@
+"""How long a job takes on an instance type, what an instance costs and draws: the controllers' service model.
+
+Pure (no boto3). Rates come from data/instance_profiles.json, whose entries cite their sources. A job's time
+on an instance is the work it needs (prompt tokens at the prefill rate, output tokens at the decode rate, or
+explicit CPU/GPU seconds) divided across the instance's concurrent streams.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from crossfleet_control.jobs import Job
+
+_PROFILES = Path(__file__).with_name("data") / "instance_profiles.json"
+
+
+@dataclass(frozen=True)
+class InstanceProfile:
+    """One instance type's capacity for the reference workload."""
+
+    instance_type: str
+    on_demand_per_hour: float
+    spot_per_hour: float
+    prefill_tokens_per_second: float  # whole instance, at full concurrency
+    decode_tokens_per_second: float  # whole instance, at full concurrency
+    streams: int  # jobs that run at once on one instance
+    boot_seconds: float
+    watts: float
+    is_accelerated: bool
+
+    def job_seconds(self, job: Job) -> float:
+        """Wall-clock seconds one job takes while the instance runs `streams` jobs at once."""
+        explicit = job.gpu_seconds if self.is_accelerated else job.cpu_seconds
+        if explicit is not None:
+            return explicit
+        per_stream_prefill = self.prefill_tokens_per_second / self.streams
+        per_stream_decode = self.decode_tokens_per_second / self.streams
+        return job.input_tokens / per_stream_prefill + job.output_tokens / per_stream_decode
+
+    def jobs_per_second(self, mean_job_seconds: float) -> float:
+        return self.streams / mean_job_seconds if mean_job_seconds > 0 else float("inf")
+
+
+@cache
+def _document() -> dict:
+    return json.loads(_PROFILES.read_text())
+
+
+def known_families() -> tuple[str, ...]:
+    return tuple(sorted(_document()["families"]))
+
+
+def profile_for(instance_type: str, *, vcpus: int, accelerators: int) -> InstanceProfile:
+    """Scale the family's per-vCPU or per-device figures to one instance size."""
+    document = _document()
+    family = instance_type.split(".", 1)[0]
+    entry = document["families"].get(family)
+    if entry is None:
+        raise KeyError(f"no service profile for {instance_type}; known families: {', '.join(known_families())}")
+    accelerated = entry["unit"] == "accelerator"
+    units = accelerators if accelerated else vcpus
+    on_demand = entry["price_per_unit_hour"] * units
+    spot_factor = document["spot_price_factor"]["accelerator" if accelerated else "cpu"]
+    return InstanceProfile(
+        instance_type=instance_type,
+        on_demand_per_hour=round(on_demand, 5),
+        spot_per_hour=round(on_demand * spot_factor, 5),
+        prefill_tokens_per_second=entry["prefill_tps_per_unit"] * units,
+        decode_tokens_per_second=entry["decode_tps_per_unit"] * units,
+        streams=max(1, round(entry["streams_per_unit"] * units)),
+        boot_seconds=float(entry["boot_seconds"]),
+        watts=entry["watts_per_unit"] * units,
+        is_accelerated=accelerated,
+    )

@@ -1,0 +1,64 @@
+"""The rebalancer's typed settings, parsed once at cold start from the CROSSFLEET_SETTINGS variable.
+
+The CDK construct writes this JSON from the validated config, so the Lambda never reads config files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crossfleet_control.jobs import Job
+from crossfleet_control.policy_types import PolicySettings, PoolSpec
+from crossfleet_control.service_model import profile_for
+
+# Median request of the Azure LLM code trace (Splitwise, ISCA'24): sizes fleets from queue counts alone.
+REFERENCE_JOB = Job(id="reference", job_class="inference", placement="either", preference="gpu", input_tokens=1469,
+                    output_tokens=13, cpu_seconds=None, gpu_seconds=None, deadline_seconds=60.0, priority=5,
+                    submitted_at=0.0)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    group_name: str
+    queue_url: str
+    dead_letter_url: str
+    instance_type: str
+    vcpus: int
+    accelerators: int
+    min_size: int
+    max_size: int
+
+    def spec(self, name: str) -> PoolSpec:
+        profile = profile_for(self.instance_type, vcpus=self.vcpus, accelerators=self.accelerators)
+        return PoolSpec(name=name, min_size=self.min_size, max_size=self.max_size, profile=profile,
+                        mean_job_seconds=profile.job_seconds(REFERENCE_JOB))
+
+
+@dataclass(frozen=True)
+class Settings:
+    deployment: str
+    region: str
+    mode: str  # "observe" records decisions and changes nothing; "enforce" acts
+    table_name: str
+    schedule_seconds: int
+    lease_seconds: int
+    decision_ttl_seconds: int
+    pools: Mapping[str, PoolSettings]
+    policy: PolicySettings
+
+    def specs(self) -> dict[str, PoolSpec]:
+        return {name: pool.spec(name) for name, pool in self.pools.items()}
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        raw: dict[str, Any] = json.loads(text)
+        return cls(
+            deployment=raw["deployment"], region=raw["region"], mode=raw["mode"], table_name=raw["table_name"],
+            schedule_seconds=int(raw["schedule_seconds"]), lease_seconds=int(raw["lease_seconds"]),
+            decision_ttl_seconds=int(raw["decision_ttl_seconds"]),
+            pools={name: PoolSettings(**pool) for name, pool in raw["pools"].items()},
+            policy=PolicySettings(**raw["policy"]),
+        )

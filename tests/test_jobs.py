@@ -1,0 +1,68 @@
+"""The job schema: valid jobs round-trip; every invalid one is rejected with a reason naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crossfleet_control.jobs import MAX_INLINE_PAYLOAD_BYTES, JobRejected, parse_job
+from tests.jobfactory import job_message
+
+
+def test_valid_job_round_trips_through_its_message():
+    job = parse_job(job_message(id="abc-1", placement="gpu_only", preference="gpu", region="us-east-2"))
+    again = parse_job(job.to_json())
+    assert again == job
+    assert job.allowed_pools() == ("gpu",)
+    assert job.deadline_at() == job.submitted_at + 120
+
+
+def test_either_job_defaults_to_gpu_preference_and_may_run_anywhere():
+    message = job_message()
+    del message["preference"]
+    job = parse_job(message)
+    assert job.preference == "gpu" and job.allowed_pools() == ("cpu", "gpu")
+
+
+def test_iso_timestamp_is_accepted():
+    job = parse_job(job_message(submitted_at="2023-11-16T18:17:03Z"))
+    assert job.submitted_at == pytest.approx(1700158623.0)
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("{not json", "body is not JSON"),
+    ("[1, 2]", "body must be a JSON object, got list"),
+    (job_message(schema_version=2), "schema_version=2: this crossfleet reads schema_version 1"),
+    ({k: v for k, v in job_message().items() if k != "id"}, "missing required field 'id'"),
+    ({k: v for k, v in job_message().items() if k != "submitted_at"}, "missing required field 'submitted_at'"),
+    (job_message(placement="anywhere"), "placement='anywhere': one of cpu_only, gpu_only, either"),
+    (job_message(placement="cpu_only", preference="gpu"), "preference='gpu': for placement cpu_only one of cpu"),
+    (job_message(**{"class": "training"}), "class='training': one of inference, agent"),
+    (job_message(deadline_seconds=0), "deadline_seconds=0: a number of seconds above 0"),
+    (job_message(priority=11), "priority=11: a whole number from 0 (lowest) to 9"),
+    (job_message(size={"input_tokens": -4}), "size.input_tokens=-4: a whole number"),
+    (job_message(size={}), "size={}: an object with any of"),
+    (job_message(placement="either", size={"cpu_seconds": 3}),
+     "size: give input_tokens/output_tokens, or the cpu_seconds/gpu_seconds of every pool placement either allows"),
+    (job_message(region="eu-west-1"), "region='eu-west-1': a US region pin"),
+    (job_message(colour="blue"), "unknown field(s) colour"),
+    (job_message(payload={"s3_uri": "https://bucket/key"}), "payload.s3_uri='https://bucket/key': an s3://"),
+])
+def test_invalid_jobs_are_rejected_with_a_reason(body, reason):
+    with pytest.raises(JobRejected) as caught:
+        parse_job(body if isinstance(body, str) else json.dumps(body))
+    assert caught.value.reason.startswith(reason)
+
+
+def test_oversized_inline_payload_points_to_s3():
+    big = job_message(payload={"blob": "x" * (MAX_INLINE_PAYLOAD_BYTES + 1)})
+    with pytest.raises(JobRejected) as caught:
+        parse_job(big)
+    assert "upload it to S3 and send {\"s3_uri\": \"s3://bucket/key\"} instead" in caught.value.reason
+    assert caught.value.job_id == big["id"]
+
+
+def test_placement_rules():
+    assert parse_job(job_message(placement="cpu_only", preference="cpu")).may_run_on("gpu") is False
+    assert parse_job(job_message(placement="gpu_only")).may_run_on("cpu") is False
