@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -190,3 +191,47 @@ def test_stateful_resources_keep_their_logical_ids(default_app: SynthesizedApp):
         "WorkQueuesGpuDeadLettersC30336B5": "AWS::SQS::Queue",
         "WorkQueuesGpuJobs8741EC0A": "AWS::SQS::Queue",
     }
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_rebalancer_is_an_arm64_python_lambda_on_a_schedule(default_app: SynthesizedApp, region: str):
+    template = default_app.template_json(region)
+    functions = {k: v for k, v in resources_of_type(template, "AWS::Lambda::Function").items()
+                 if v["Properties"].get("Handler") == "crossfleet_control.rebalancer.handler"}
+    assert len(functions) == 1
+    (function_id, function), = functions.items()
+    props = function["Properties"]
+    assert props["Runtime"] == "python3.13" and props["Architectures"] == ["arm64"]
+    assert props["Timeout"] < 60, "finishes before the next one-minute tick"
+    assert "ReservedConcurrentExecutions" not in props, "new accounts may not be able to reserve any"
+    settings = props["Environment"]["Variables"]["CROSSFLEET_SETTINGS"]
+    assert "crossfleet-dev-" + region + "-gpu" in json.dumps(settings)
+    rules = resources_of_type(template, "AWS::Events::Rule")
+    targeted = [r for r in rules.values()
+                if any(t["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]} for t in r["Properties"]["Targets"])]
+    assert len(targeted) == 1
+    assert targeted[0]["Properties"]["ScheduleExpression"] == "rate(1 minute)"
+    assert targeted[0]["Properties"]["Targets"][0]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_rebalancer_may_size_only_this_deployments_groups_and_never_retag_them(
+        default_app: SynthesizedApp, region: str):
+    template = default_app.template_json(region)
+    statements = [s for p in resources_of_type(template, "AWS::IAM::Policy").values()
+                  if "Rebalancer" in json.dumps(p["Properties"]["Roles"])
+                  for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    sizing = [s for s in statements if "autoscaling:SetDesiredCapacity" in _as_list(s["Action"])]
+    assert len(sizing) == 1
+    assert sizing[0]["Condition"] == {"StringEquals": {"aws:ResourceTag/crossfleet:deployment": "crossfleet-dev"}}
+    resources = json.dumps(sizing[0]["Resource"])
+    for pool in ("cpu", "gpu"):
+        assert f"autoScalingGroupName/crossfleet-dev-{region}-{pool}" in resources
+    assert "autoScalingGroupName/*" not in resources, "never any group name"
+    deny = [s for s in statements if s["Effect"] == "Deny"]
+    assert deny and set(_as_list(deny[0]["Action"])) == {"autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"}
+    wildcard_allows = [s for s in statements if s["Effect"] == "Allow" and s["Resource"] == "*"]
+    assert all(set(_as_list(s["Action"])) <= {"autoscaling:DescribeAutoScalingGroups",
+                                              "autoscaling:DescribeScalingActivities"} for s in wildcard_allows)
+    sqs_actions = {a for s in statements for a in _as_list(s["Action"]) if a.startswith("sqs:")}
+    assert "sqs:DeleteQueue" not in sqs_actions and "sqs:SetQueueAttributes" not in sqs_actions

@@ -109,10 +109,13 @@ def plan_sampling(observation: Observation, specs: Mapping[str, PoolSpec],
         if source not in loads or destination not in loads or loads[source].visible == 0:
             continue
         src, dst = loads[source], loads[destination]
+        # Deadlines are only known per job, so sample once a typical job would use half the target wait:
+        # jobs with tighter deadlines than the target may already be missing theirs.
+        typical_finish = src.eta_seconds() + src.spec.mean_job_seconds
         if dst.idle_slots > 0:
             reason = f"{destination} has {dst.idle_slots} idle slots"
-        elif src.eta_seconds() > settings.target_wait_seconds:
-            reason = f"{source} start wait {src.eta_seconds():.0f}s exceeds target {settings.target_wait_seconds:.0f}s"
+        elif typical_finish > settings.target_wait_seconds / 2:
+            reason = f"{source} typical finish {typical_finish:.0f}s is over half the target wait"
         else:
             continue
         count = min(budget, src.visible)

@@ -161,6 +161,9 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         deps.state.save_memory(decision.memory, fence)
     except LeaseLost:
         metrics.add("LeaseLostAfterAct")
+    except Exception:
+        # Memory only delays scale-in; losing one write restarts the delay, which is the safe direction.
+        metrics.add("Errors", 1, Operation="dynamodb.save_memory")
     record = _record(settings, observation, decision, applied, len(malformed))
     try:
         deps.state.record_decision(record, fence, settings.decision_ttl_seconds)
