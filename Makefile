@@ -34,11 +34,11 @@ synth: setup
 	$(PY) -m crossfleet.synth_summary cdk.out
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check . || true
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache .hypothesis

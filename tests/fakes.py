@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
 import itertools
+import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -74,12 +74,12 @@ class FakeSqs:
         self._ids = itertools.count()
         self._template = dict(placement=placement, deadline_seconds=deadline_seconds, submitted_at=submitted_at)
 
-    def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:  # noqa: N803
+    def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
         self.calls["GetQueueAttributes"] += 1
         return {"Attributes": {"ApproximateNumberOfMessages": str(self.depths[QueueUrl]),
                                "ApproximateNumberOfMessagesNotVisible": str(self.in_flight[QueueUrl])}}
 
-    def receive_message(self, QueueUrl: str, MaxNumberOfMessages: int, **_: Any) -> dict[str, Any]:  # noqa: N803
+    def receive_message(self, QueueUrl: str, MaxNumberOfMessages: int, **_: Any) -> dict[str, Any]:
         self.calls["ReceiveMessage"] += 1
         count = min(MaxNumberOfMessages, self.depths[QueueUrl])
         self.depths[QueueUrl] -= count
@@ -91,22 +91,22 @@ class FakeSqs:
             messages.append({"MessageId": f"m{n}", "ReceiptHandle": f"r{n}", "Body": json.dumps(body)})
         return {"Messages": messages}
 
-    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         self.calls["SendMessageBatch"] += 1
         self.depths[QueueUrl] += len(Entries)
         self.sent[QueueUrl] += len(Entries)
         return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
-    def send_message(self, QueueUrl: str, **_: Any) -> dict[str, Any]:  # noqa: N803
+    def send_message(self, QueueUrl: str, **_: Any) -> dict[str, Any]:
         self.calls["SendMessage"] += 1
         return {"MessageId": "dlq"}
 
-    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         self.calls["DeleteMessageBatch"] += 1
         self.in_flight[QueueUrl] -= len(Entries)
         return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
-    def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]],  # noqa: N803
+    def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]],
                                         ) -> dict[str, Any]:
         self.calls["ChangeMessageVisibilityBatch"] += 1
         self.in_flight[QueueUrl] -= len(Entries)
