@@ -8,7 +8,12 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from crossfleet.config.model import AcceleratorClusterConfig
-from stacks.constructs.pool_instances import PoolInstances, pool_instances, pool_user_data
+from stacks.constructs.pool_instances import (
+    PoolInstances,
+    pool_instances,
+    pool_user_data,
+    prioritized_mixed_policy,
+)
 
 POOL = "gpu"
 
@@ -55,20 +60,10 @@ class AcceleratorCluster(Construct):
         else:
             self.group = autoscaling.AutoScalingGroup(
                 self, "Group", capacity_rebalance=config.spot, **common,
-                mixed_instances_policy=autoscaling.MixedInstancesPolicy(
-                    launch_template=self.instances.launch_template,
-                    launch_template_overrides=[
-                        autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(name))
-                        for name in config.all_instance_types
-                    ],
-                    instances_distribution=autoscaling.InstancesDistribution(
-                        on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
-                        on_demand_base_capacity=0,
-                        # GPUs are On-Demand unless Spot is asked for: a reclaimed GPU mid-job is costly.
-                        on_demand_percentage_above_base_capacity=0 if config.spot else 100,
-                        spot_allocation_strategy=autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
-                    ),
-                ),
+                # GPUs are On-Demand unless Spot is asked for: a reclaimed GPU mid-job is costly.
+                mixed_instances_policy=prioritized_mixed_policy(
+                    self.instances.launch_template, config.all_instance_types, on_demand_base=0,
+                    on_demand_percentage_above_base=0 if config.spot else 100),
             )
         Tags.of(self).add("crossfleet:pool", POOL)
 

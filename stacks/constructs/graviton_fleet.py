@@ -8,7 +8,12 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from crossfleet.config.model import AL2023_ARM64_AMI_PARAMETER, GravitonFleetConfig
-from stacks.constructs.pool_instances import PoolInstances, pool_instances, pool_user_data
+from stacks.constructs.pool_instances import (
+    PoolInstances,
+    pool_instances,
+    pool_user_data,
+    prioritized_mixed_policy,
+)
 
 POOL = "cpu"
 
@@ -40,19 +45,10 @@ class GravitonFleet(Construct):
             min_capacity=config.min_size,
             max_capacity=config.max_size,
             capacity_rebalance=True,
-            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
-                launch_template=self.instances.launch_template,
-                # Order is priority for On-Demand (PRIORITIZED): Graviton5 first, then the fallbacks.
-                launch_template_overrides=[
-                    autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(name))
-                    for name in config.all_instance_types
-                ],
-                instances_distribution=autoscaling.InstancesDistribution(
-                    on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
-                    on_demand_base_capacity=config.on_demand_base_capacity,
-                    on_demand_percentage_above_base_capacity=config.on_demand_percentage_above_base,
-                    spot_allocation_strategy=autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
-                ),
-            ),
+            # Graviton5 first, then the fallbacks; On-Demand base, Spot above it.
+            mixed_instances_policy=prioritized_mixed_policy(
+                self.instances.launch_template, config.all_instance_types,
+                on_demand_base=config.on_demand_base_capacity,
+                on_demand_percentage_above_base=config.on_demand_percentage_above_base),
         )
         Tags.of(self).add("crossfleet:pool", POOL)

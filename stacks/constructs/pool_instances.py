@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
@@ -54,3 +55,20 @@ def pool_user_data(*, region: str, pool: str, deployment: str) -> ec2.UserData:
         " > /etc/crossfleet/pool.env",
     )
     return user_data
+
+
+def prioritized_mixed_policy(launch_template: ec2.LaunchTemplate, instance_types: tuple[str, ...], *,
+                             on_demand_base: int, on_demand_percentage_above_base: int,
+                             ) -> autoscaling.MixedInstancesPolicy:
+    """Instance types in priority order (On-Demand uses PRIORITIZED); Spot is price-capacity-optimized."""
+    return autoscaling.MixedInstancesPolicy(
+        launch_template=launch_template,
+        launch_template_overrides=[autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(name))
+                                   for name in instance_types],
+        instances_distribution=autoscaling.InstancesDistribution(
+            on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
+            on_demand_base_capacity=on_demand_base,
+            on_demand_percentage_above_base_capacity=on_demand_percentage_above_base,
+            spot_allocation_strategy=autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
+        ),
+    )
