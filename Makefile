@@ -40,5 +40,13 @@ test: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# The shipped scenarios read the Azure code trace from ../shared/traces (see README: Data).
+SCENARIOS := steady burst gpu-shortage spot-wave price-change
+bench: setup
+	@for s in $(SCENARIOS); do \
+		echo "==> bench $$s"; \
+		$(PY) -m crossfleet bench --scenario scenarios/$$s.json --out bench-out/$$s || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache .hypothesis

@@ -116,6 +116,13 @@ class RebalancerConfig:
     decision_ttl_days: int
     target_wait_seconds: int
 
+    def policy_fields(self) -> dict[str, float | int]:
+        """The policy's settings (crossfleet_control.policy_types.PolicySettings), for the Lambda and simulator."""
+        return {"target_wait_seconds": float(self.target_wait_seconds),
+                "scale_in_delay_seconds": float(self.scale_in_delay_minutes * 60),
+                "max_scale_up_step": self.max_scale_up_step, "max_scale_in_step": self.max_scale_in_step,
+                "move_budget": self.move_budget_per_cycle}
+
 
 @dataclass(frozen=True)
 class RegionConfig:
@@ -181,7 +188,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
     return AppConfig(
         name=name, stage=stage, account=account, regions=tuple(regions), network=network,
         queues=_queues(top.get("queues")), state=_state(top.get("state")),
-        rebalancer=_rebalancer(top.get("rebalancer")),
+        rebalancer=parse_rebalancer(top.get("rebalancer")),
     )
 
 
@@ -367,8 +374,7 @@ def _state(raw: Any) -> StateConfig:
     return StateConfig(retain_on_delete=p.boolean(s, "state", "retain_on_delete", True))
 
 
-def _rebalancer(raw: Any) -> RebalancerConfig:
-    path = "rebalancer"
+def parse_rebalancer(raw: Any, path: str = "rebalancer") -> RebalancerConfig:
     s = p.section(raw, path, ("mode", "schedule_minutes", "scale_in_delay_minutes", "max_scale_up_step",
                               "max_scale_in_step", "move_budget_per_cycle", "decision_ttl_days",
                               "target_wait_seconds"))

@@ -8,8 +8,8 @@ One cycle, per region:
 2. `decide` picks moves for the sampled `either` jobs, then sizes both fleets from the backlog the moves
    leave behind.
 
-Sizing follows AWS's backlog-per-instance guidance: an instance finishes `streams * target_wait / job_seconds`
-jobs within the target wait, so the fleet needs `backlog / that` instances, clamped to [min, max], at most
+Sizing: enough slots for the jobs running now at `target_utilization`, plus enough to drain the visible queue
+within the target wait (AWS's backlog-per-instance guidance), clamped to [min, max], at most
 `max_scale_up_step` up per cycle, and down only after the want has stayed lower for `scale_in_delay_seconds`
 (then at most `max_scale_in_step` per cycle, never below the instances busy with in-flight jobs).
 Unknown telemetry holds a pool: no scaling, no moves into or out of it.
@@ -128,10 +128,11 @@ def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settin
                  candidates: Sequence[QueuedJob]) -> tuple[Move, ...]:
     """Move `either` jobs to the pool that finishes them within their deadline, cheapest first.
 
-    A job moves when (a) it would miss its deadline where it is and meet it on the other pool, (b) the other
+    A job moves when (a) it would miss its deadline where it is and meet it on the other pool, or (b) the other
     pool has idle slots (already paid for) while this one makes the job wait, and the job still meets its
-    deadline there, or (c) it misses everywhere but the other pool finishes it clearly sooner. Placement is
-    never violated, and a job moved `max_moves_per_job` times stays put.
+    deadline there. A job that misses everywhere stays where it is: moving it buys no on-time completion and
+    the pools differ in cost per job by an order of magnitude. Placement is never violated, and a job moved
+    `max_moves_per_job` times stays put.
     """
     loads = _loads(observation, specs)
     moves: list[Move] = []
@@ -157,8 +158,6 @@ def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settin
             code = "deadline"
         elif meets_there and dst.idle_slots > 0 and src.eta_seconds() > 0 and finish_there <= finish_here:
             code = "idle_capacity"
-        elif not meets_here and not meets_there and finish_there < finish_here * (1 - settings.late_improvement):
-            code = "least_late"
         if code is None:
             continue
         moves.append(Move(job_id=job.id, source=source, destination=destination, reason=code, detail=numbers))
@@ -187,13 +186,23 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
         return PoolDecision(name, current, base, None, f"frozen by operator{note}", held=True), PoolMemory()
 
     streams = spec.profile.streams
-    backlog = max(0, telemetry.visible + backlog_delta) + telemetry.in_flight
-    per_instance = streams * settings.target_wait_seconds / max(spec.mean_job_seconds, 1e-9)
-    needed = math.ceil(backlog / per_instance) if backlog else 0
-    busy = math.ceil(telemetry.in_flight / streams)
-    needed = max(needed, busy)
-    why = f"backlog {backlog} jobs needs {needed} instance(s) at {per_instance:.1f} jobs/instance per " \
-          f"{settings.target_wait_seconds:.0f}s"
+
+    def instances_for(visible: int) -> int:
+        # Slots for the jobs running now (at a target utilization, so arrivals find room) plus slots to drain
+        # the visible queue within the target wait. Counting occupancy makes the size follow the arrival rate:
+        # sizing on the queue alone lets it grow until it holds a whole target wait of work.
+        occupancy = telemetry.in_flight / settings.target_utilization
+        drain = visible * spec.mean_job_seconds / settings.target_wait_seconds
+        return max(math.ceil((occupancy + drain) / streams - 1e-9), math.ceil(telemetry.in_flight / streams))
+
+    # Jobs moved in this cycle were chosen because this pool's current slots meet their deadlines: they may
+    # hold off a scale-in but do not call for a scale-up. Jobs moved out no longer need this pool at all.
+    visible_after = max(0, telemetry.visible + backlog_delta)
+    visible_for_growth = min(visible_after, telemetry.visible)
+    needed = instances_for(visible_for_growth)
+    needed_to_keep = instances_for(visible_after)
+    why = (f"{telemetry.in_flight} running + {visible_after} queued need {needed_to_keep} instance(s) "
+           f"({streams} streams, {spec.mean_job_seconds:.1f}s/job, drain within {settings.target_wait_seconds:.0f}s)")
     age = telemetry.oldest_age_seconds
     if (age is not None and age > settings.target_wait_seconds and telemetry.visible > 0
             and (telemetry.pending or 0) == 0 and needed <= base):
@@ -201,15 +210,17 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
         why = f"oldest job waited {age:.0f}s > target {settings.target_wait_seconds:.0f}s with nothing pending"
 
     if override.pinned_desired is not None:
-        wanted = clamp(override.pinned_desired, low, high)
+        wanted = keep = clamp(override.pinned_desired, low, high)
         why = f"pinned at {override.pinned_desired} by operator" + (f": {override.note}" if override.note else "")
     else:
         wanted = clamp(needed, low, high)
+        keep = clamp(max(needed, needed_to_keep), low, high)
 
     if wanted > base:
         desired = min(wanted, base + settings.max_scale_up_step)
         step = " (step-limited)" if desired < wanted else ""
         return PoolDecision(name, current, desired, wanted, f"scale up to {desired}{step}: {why}"), PoolMemory()
+    wanted = keep
     if wanted < base:
         # The pin is an instruction, not a measurement: it does not wait out the scale-in delay.
         low_since = memory.low_since if memory.low_since is not None else observation.now

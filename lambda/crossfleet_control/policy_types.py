@@ -42,14 +42,14 @@ class PoolSpec:
 @dataclass(frozen=True)
 class PolicySettings:
     target_wait_seconds: float = 120.0
+    # Share of a fleet's slots the running jobs should fill: the rest is room for arrivals until the next cycle.
+    target_utilization: float = 0.85
     scale_in_delay_seconds: float = 600.0
     max_scale_up_step: int = 10
     max_scale_in_step: int = 2
     move_budget: int = 200
     # A job moved this often stays where it is: bounds ping-pong between pools.
     max_moves_per_job: int = 2
-    # When neither pool meets a job's deadline, move only if the other finishes this much sooner.
-    late_improvement: float = 0.25
 
 
 @dataclass(frozen=True)

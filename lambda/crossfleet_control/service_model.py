@@ -8,6 +8,7 @@ explicit CPU/GPU seconds) divided across the instance's concurrent streams.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -30,6 +31,32 @@ class InstanceProfile:
     boot_seconds: float
     watts: float
     is_accelerated: bool
+    replicas: int = 1  # model copies per instance: one per accelerator, one per CPU instance
+    decode_tokens_per_second_batch1: float = 0.0  # one stream alone on a replica
+
+    @property
+    def _decode_exponent(self) -> float:
+        """Per-stream decode falls as k^-beta from batch 1 to full batch (two cited points per family)."""
+        per_replica = self.streams / self.replicas
+        full = self.decode_tokens_per_second / self.streams
+        if per_replica <= 1 or self.decode_tokens_per_second_batch1 <= full:
+            return 0.0
+        return math.log(self.decode_tokens_per_second_batch1 / full) / math.log(per_replica)
+
+    def job_seconds_at(self, job: Job, active: int) -> float:
+        """Seconds for a job that starts while `active` jobs (itself included) run on the instance.
+
+        Used by the simulator. At full concurrency it equals `job_seconds`, which the controller uses: the
+        controller plans with the slowest per-job case, the simulator plays out the real concurrency.
+        """
+        explicit = job.gpu_seconds if self.is_accelerated else job.cpu_seconds
+        if explicit is not None:
+            return explicit
+        per_replica = max(1.0, active / self.replicas)
+        prefill = self.prefill_tokens_per_second / self.replicas / per_replica
+        batch1 = self.decode_tokens_per_second_batch1 or self.decode_tokens_per_second / self.streams
+        decode = batch1 * per_replica ** (-self._decode_exponent)
+        return job.input_tokens / prefill + job.output_tokens / decode
 
     def job_seconds(self, job: Job) -> float:
         """Wall-clock seconds one job takes while the instance runs `streams` jobs at once."""
@@ -74,4 +101,6 @@ def profile_for(instance_type: str, *, vcpus: int, accelerators: int) -> Instanc
         boot_seconds=float(entry["boot_seconds"]),
         watts=entry["watts_per_unit"] * units,
         is_accelerated=accelerated,
+        replicas=max(1, accelerators) if accelerated else 1,
+        decode_tokens_per_second_batch1=entry.get("decode_tps_batch1_per_unit", 0.0) * (1 if accelerated else units),
     )

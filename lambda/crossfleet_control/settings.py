@@ -32,9 +32,16 @@ class PoolSettings:
     max_size: int
 
     def spec(self, name: str) -> PoolSpec:
-        profile = profile_for(self.instance_type, vcpus=self.vcpus, accelerators=self.accelerators)
-        return PoolSpec(name=name, min_size=self.min_size, max_size=self.max_size, profile=profile,
-                        mean_job_seconds=profile.job_seconds(REFERENCE_JOB))
+        return pool_spec(name, self.instance_type, vcpus=self.vcpus, accelerators=self.accelerators,
+                         min_size=self.min_size, max_size=self.max_size)
+
+
+def pool_spec(name: str, instance_type: str, *, vcpus: int, accelerators: int, min_size: int,
+              max_size: int) -> PoolSpec:
+    """The policy's view of a pool; the Lambda and the simulator both build it here."""
+    profile = profile_for(instance_type, vcpus=vcpus, accelerators=accelerators)
+    return PoolSpec(name=name, min_size=min_size, max_size=max_size, profile=profile,
+                    mean_job_seconds=profile.job_seconds(REFERENCE_JOB))
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,7 @@ class Rebalancer(Construct):
                 "instance_type": instance_type, "vcpus": table[instance_type].vcpus,
                 "accelerators": table[instance_type].accelerator_count, "min_size": min_size, "max_size": max_size,
             } for pool, (name, instance_type, min_size, max_size) in groups.items()},
-            "policy": {
-                "target_wait_seconds": float(config.target_wait_seconds),
-                "scale_in_delay_seconds": float(config.scale_in_delay_minutes * 60),
-                "max_scale_up_step": config.max_scale_up_step, "max_scale_in_step": config.max_scale_in_step,
-                "move_budget": config.move_budget_per_cycle,
-            },
+            "policy": config.policy_fields(),
         }
 
         self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_MONTH,

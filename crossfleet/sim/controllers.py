@@ -1,0 +1,122 @@
+"""Controllers the simulator compares: crossfleet's own policy and the baselines platform teams run today."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import replace
+
+from crossfleet.sim.engine import JobRecord, Pool, Simulation
+from crossfleet_control import policy
+from crossfleet_control.policy_types import ControllerMemory, Observation, PolicySettings, QueuedJob
+
+# What the Lambda's cycle costs in AWS calls, as measured in tests/test_rebalancer_faults.py: an idle cycle
+# makes 11; each 10 sampled messages add a receive, and each 10 moved or released add a send+delete or a release.
+IDLE_CYCLE_CALLS = 11
+
+
+class CrossfleetPolicy:
+    """The rebalancer: the very functions the Lambda calls (`crossfleet_control.policy`), on the same period."""
+
+    name = "crossfleet"
+
+    def __init__(self, settings: PolicySettings) -> None:
+        self.settings = settings
+        self.memory: dict[str, ControllerMemory] = {}
+
+    def route(self, record: JobRecord) -> str:
+        return record.job.preference
+
+    def control(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> None:
+        specs = {name: pool.spec for name, pool in pools.items()}
+        # The Lambda does not read the oldest message's age (a CloudWatch metric): neither does this.
+        telemetry = {name: replace(pool.telemetry(now), oldest_age_seconds=None) for name, pool in pools.items()}
+        observation = Observation(now=now, pools=telemetry)
+        calls = IDLE_CYCLE_CALLS
+        sampled: dict[str, list[JobRecord]] = {}
+        for request in policy.plan_sampling(observation, specs, self.settings):
+            sampled[request.pool] = list(itertools.islice(pools[request.pool].queue, request.count))
+            calls += math.ceil(len(sampled[request.pool]) / 10)
+        candidates = [QueuedJob(pool=name, job=r.job) for name, records in sampled.items() for r in records]
+        decision = policy.decide(observation, specs, self.settings, self.memory.get(region, ControllerMemory()),
+                                 candidates)
+        self.memory[region] = decision.memory
+        by_id = {r.job.id: r for records in sampled.values() for r in records}
+        moved_by_route: dict[tuple[str, str], list[JobRecord]] = {}
+        for move in decision.moves:
+            moved_by_route.setdefault((move.source, move.destination), []).append(by_id[move.job_id])
+        for (source, destination), records in moved_by_route.items():
+            sim.move_many(records, pools[source], pools[destination], now)
+            calls += 2 * math.ceil(len(records) / 10)
+        unmoved = len(candidates) - len(decision.moves)
+        calls += math.ceil(unmoved / 10)
+        for name, pool_decision in decision.pools.items():
+            if pool_decision.desired is not None and pool_decision.desired != pools[name].desired:
+                sim.set_desired(pools[name], pool_decision.desired, now)
+                calls += 1
+        sim.api_calls += calls
+
+
+class TargetTracking:
+    """Each fleet scales on backlog per instance (AWS's SQS guidance), no moving; routing is fixed by a rule.
+
+    Scale-out is immediate; scale-in waits a 300 s cooldown, as target tracking does by default. The backlog
+    counts in-flight jobs as well as visible ones, which is kinder to the baseline than visible messages alone.
+    """
+
+    def __init__(self, name: str, router: Callable[[JobRecord], str], target_wait_seconds: float = 120.0,
+                 cooldown_seconds: float = 300.0) -> None:
+        self.name = name
+        self.router = router
+        self.target_wait_seconds = target_wait_seconds
+        self.cooldown_seconds = cooldown_seconds
+        self.last_scale_in: dict[str, float] = {}
+
+    def route(self, record: JobRecord) -> str:
+        return self.router(record)
+
+    def control(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> None:
+        for pool in pools.values():
+            telemetry = pool.telemetry(now)
+            per_instance = pool.profile.streams * self.target_wait_seconds / pool.spec.mean_job_seconds
+            backlog = (telemetry.visible or 0) + (telemetry.in_flight or 0)
+            want = policy.clamp(math.ceil(backlog / per_instance), pool.spec.min_size, pool.spec.max_size)
+            if want > pool.desired:
+                sim.set_desired(pool, want, now)
+            elif want < pool.desired and now - self.last_scale_in.get(pool.key, -math.inf) >= self.cooldown_seconds:
+                sim.set_desired(pool, want, now)
+                self.last_scale_in[pool.key] = now
+            sim.api_calls += 1  # the custom backlog-per-instance metric, published once per pool per period
+
+
+def _preferred(record: JobRecord) -> str:
+    return record.job.preference
+
+
+def _gpu_first(record: JobRecord) -> str:
+    return "cpu" if record.job.placement == "cpu_only" else "gpu"
+
+
+def _cpu_first(record: JobRecord) -> str:
+    return "gpu" if record.job.placement == "gpu_only" else "cpu"
+
+
+def _split(record: JobRecord) -> str:
+    if record.job.placement != "either":
+        return _preferred(record)
+    return "cpu" if zlib.crc32(record.job.id.encode()) % 2 else "gpu"
+
+
+POLICIES = ("crossfleet", "gpu-only", "cpu-only", "static-split", "target-tracking")
+
+
+def make_controller(name: str, settings: PolicySettings) -> CrossfleetPolicy | TargetTracking:
+    if name == "crossfleet":
+        return CrossfleetPolicy(settings)
+    routers = {"gpu-only": _gpu_first, "cpu-only": _cpu_first, "static-split": _split,
+               "target-tracking": _preferred}
+    if name not in routers:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+    return TargetTracking(name, routers[name], target_wait_seconds=settings.target_wait_seconds)

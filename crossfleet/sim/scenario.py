@@ -1,0 +1,225 @@
+"""Scenario files: regions and pools, workload, capacity/price/Spot events. Documented in docs/simulator.md."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossfleet.config import parsing as p
+from crossfleet.config.errors import ConfigError
+from crossfleet.config.model import US_REGIONS, RebalancerConfig, parse_rebalancer
+from crossfleet.config.offerings import offerings
+from crossfleet_control.jobs import JOB_CLASSES, PLACEMENTS
+
+POOLS = ("cpu", "gpu")
+EVENT_TYPES = ("capacity", "spot_interruption", "price")
+
+
+@dataclass(frozen=True)
+class PoolScenario:
+    instance_type: str
+    min_size: int
+    max_size: int
+    start: int
+    spot_fraction: float  # share of instance-hours billed at the Spot price
+
+
+@dataclass(frozen=True)
+class TraceWorkload:
+    path: str
+    rate_scale: float  # 10 means ten times the trace's request rate
+    placement: str
+    preference: str
+    deadline_seconds: float
+    regions: tuple[str, ...]  # requests go round-robin to these regions
+
+
+@dataclass(frozen=True)
+class SyntheticStream:
+    job_class: str
+    placement: str
+    preference: str
+    rate_per_second: float
+    deadline_seconds: float
+    input_tokens: tuple[int, int]
+    output_tokens: tuple[int, int]
+    cpu_seconds: tuple[float, float] | None
+    gpu_seconds: tuple[float, float] | None
+    regions: tuple[str, ...]
+    start_seconds: float = 0.0  # the stream runs from here...
+    end_seconds: float | None = None  # ...to here (default: the whole run)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    region: str
+    pool: str
+    start: float
+    end: float
+    max_instances: int | None = None  # capacity: launches above this fail; reclaim removes the excess
+    reclaim: bool = False
+    fraction: float = 0.0  # spot_interruption: share of the pool's instances reclaimed at `start`
+    factor: float = 1.0  # price: multiplies the pool's price from `start` to `end`
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    duration_seconds: float
+    drain_seconds: float
+    control_period_seconds: float
+    seed: int
+    regions: dict[str, dict[str, PoolScenario]]
+    trace: TraceWorkload | None
+    synthetic: tuple[SyntheticStream, ...]
+    events: tuple[Event, ...]
+    rebalancer: RebalancerConfig
+
+    @property
+    def horizon_seconds(self) -> float:
+        return self.duration_seconds + self.drain_seconds
+
+
+def load_scenario(path: str | Path, *, trace_override: str | None = None) -> Scenario:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("scenario", str(path), "a path to an existing scenario JSON file") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError("scenario", str(path), f"valid JSON ({error.msg} at line {error.lineno})") from None
+    return parse_scenario(raw, base_dir=path.parent, trace_override=trace_override)
+
+
+def parse_scenario(raw: Any, *, base_dir: Path = Path("."), trace_override: str | None = None) -> Scenario:
+    top = p.section(raw, "", ("name", "description", "duration_seconds", "drain_seconds", "control_period_seconds",
+                              "seed", "regions", "workload", "events", "rebalancer"))
+    regions_raw = p.section(top.get("regions"), "regions", US_REGIONS)
+    if not regions_raw:
+        raise ConfigError("regions", top.get("regions"), f"at least one of {', '.join(US_REGIONS)}")
+    regions = {name: {pool: _pool(pool_raw, f"regions.{name}.{pool}", name, pool)
+                      for pool, pool_raw in p.section(entry, f"regions.{name}", POOLS).items()}
+               for name, entry in regions_raw.items()}
+    for name, pools in regions.items():
+        if set(pools) != set(POOLS):
+            raise ConfigError(f"regions.{name}", sorted(pools), "both pools: cpu and gpu")
+    region_names = tuple(regions)
+    workload = p.section(top.get("workload"), "workload", ("inference_trace", "synthetic"))
+    trace = _trace(workload.get("inference_trace"), base_dir, region_names, trace_override)
+    synthetic_raw = workload.get("synthetic", [])
+    if not isinstance(synthetic_raw, list):
+        raise ConfigError("workload.synthetic", synthetic_raw, "a list of stream objects")
+    synthetic = tuple(_stream(s, f"workload.synthetic[{i}]", region_names) for i, s in enumerate(synthetic_raw))
+    events_raw = top.get("events", [])
+    if not isinstance(events_raw, list):
+        raise ConfigError("events", events_raw, "a list of event objects")
+    duration = _number(top, "", "duration_seconds", 3600, 60, 7 * 86400)
+    return Scenario(
+        name=str(top.get("name", "scenario")), description=str(top.get("description", "")),
+        duration_seconds=duration, drain_seconds=_number(top, "", "drain_seconds", 1800, 0, 86400),
+        control_period_seconds=_number(top, "", "control_period_seconds", 60, 10, 3600),
+        seed=p.integer(top, "", "seed", 1), regions=regions, trace=trace, synthetic=synthetic,
+        events=tuple(_event(e, f"events[{i}]", regions) for i, e in enumerate(events_raw)),
+        # The same keys, defaults and checks as the deployment's `rebalancer` config section.
+        rebalancer=parse_rebalancer(top.get("rebalancer")))
+
+
+def _number(raw: Any, path: str, key: str, default: float, low: float, high: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(p.join(path, key), value, f"a number from {low} to {high}")
+    return float(value)
+
+
+def _range(raw: Any, path: str, key: str, kind: type) -> tuple[Any, Any] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value)
+            or not 0 <= value[0] <= value[1]):
+        raise ConfigError(p.join(path, key), value, "[low, high] with 0 <= low <= high")
+    return kind(value[0]), kind(value[1])
+
+
+def _pool(raw: Any, path: str, region: str, pool: str) -> PoolScenario:
+    s = p.section(raw, path, ("instance_type", "min_size", "max_size", "start", "spot_fraction"))
+    instance_type = s.get("instance_type")
+    info = offerings().get(instance_type) if isinstance(instance_type, str) else None
+    if info is None or region not in info.regions or (info.accelerator == "none") == (pool == "gpu"):
+        kind = "an accelerated" if pool == "gpu" else "a CPU-only"
+        raise ConfigError(p.join(path, "instance_type"), instance_type, f"{kind} type offered in {region}")
+    min_size = p.integer(s, path, "min_size", 0)
+    max_size = p.integer(s, path, "max_size", 10)
+    if min_size > max_size:
+        raise ConfigError(p.join(path, "min_size"), min_size, f"at most max_size ({max_size})")
+    start = p.integer(s, path, "start", min_size)
+    if not min_size <= start <= max_size:
+        raise ConfigError(p.join(path, "start"), start, f"from min_size ({min_size}) to max_size ({max_size})")
+    return PoolScenario(instance_type=instance_type, min_size=min_size, max_size=max_size, start=start,
+                        spot_fraction=_number(s, path, "spot_fraction", 0.0, 0.0, 1.0))
+
+
+def _regions(raw: Any, path: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    chosen = p.string_list(raw, path, "regions", known)
+    for i, region in enumerate(chosen):
+        if region not in known:
+            raise ConfigError(p.join(p.join(path, "regions"), i), region, f"one of the scenario's regions: {known}")
+    return chosen
+
+
+def _trace(raw: Any, base_dir: Path, regions: tuple[str, ...], override: str | None) -> TraceWorkload | None:
+    if raw is None and override is None:
+        return None
+    path = "workload.inference_trace"
+    s = p.section(raw or {}, path, ("path", "rate_scale", "placement", "preference", "deadline_seconds", "regions"))
+    trace_path = override or s.get("path")
+    if not isinstance(trace_path, str):
+        raise ConfigError(p.join(path, "path"), trace_path, "a path to an Azure LLM inference trace CSV")
+    resolved = Path(trace_path) if Path(trace_path).is_absolute() or override else base_dir / trace_path
+    if not resolved.exists():
+        raise ConfigError(p.join(path, "path"), str(resolved),
+                          "an existing CSV with TIMESTAMP,ContextTokens,GeneratedTokens (download "
+                          "AzureLLMInferenceTrace_code.csv from github.com/Azure/AzurePublicDataset)")
+    placement = p.choice(s, path, "placement", "either", PLACEMENTS)
+    return TraceWorkload(path=str(resolved), rate_scale=_number(s, path, "rate_scale", 1.0, 0.01, 1000),
+                         placement=placement, preference=p.choice(s, path, "preference", "gpu", POOLS),
+                         deadline_seconds=_number(s, path, "deadline_seconds", 60, 1, 86400),
+                         regions=_regions(s, path, regions))
+
+
+def _stream(raw: Any, path: str, regions: tuple[str, ...]) -> SyntheticStream:
+    s = p.section(raw, path, ("class", "placement", "preference", "rate_per_second", "deadline_seconds",
+                              "input_tokens", "output_tokens", "cpu_seconds", "gpu_seconds", "regions",
+                              "start_seconds", "end_seconds"))
+    placement = p.choice(s, path, "placement", "either", PLACEMENTS)
+    default_preference = "cpu" if placement == "cpu_only" else "gpu"
+    return SyntheticStream(
+        job_class=p.choice(s, path, "class", "agent", JOB_CLASSES), placement=placement,
+        preference=p.choice(s, path, "preference", default_preference, POOLS),
+        rate_per_second=_number(s, path, "rate_per_second", 1.0, 0.0, 10_000),
+        deadline_seconds=_number(s, path, "deadline_seconds", 60, 1, 7 * 86400),
+        input_tokens=_range(s, path, "input_tokens", int) or (0, 0),
+        output_tokens=_range(s, path, "output_tokens", int) or (0, 0),
+        cpu_seconds=_range(s, path, "cpu_seconds", float), gpu_seconds=_range(s, path, "gpu_seconds", float),
+        regions=_regions(s, path, regions), start_seconds=_number(s, path, "start_seconds", 0, 0, 7 * 86400),
+        end_seconds=_number(s, path, "end_seconds", 7 * 86400, 0, 7 * 86400))
+
+
+def _event(raw: Any, path: str, regions: dict[str, Any]) -> Event:
+    s = p.section(raw, path, ("type", "region", "pool", "start", "end", "max_instances", "reclaim", "fraction",
+                              "factor"))
+    kind = p.choice(s, path, "type", "capacity", EVENT_TYPES)
+    region = p.choice(s, path, "region", next(iter(regions)), tuple(regions))
+    start = _number(s, path, "start", 0, 0, 7 * 86400)
+    end = _number(s, path, "end", start, start, 7 * 86400)
+    max_instances = s.get("max_instances")
+    if kind == "capacity":
+        max_instances = p.integer(s, path, "max_instances", 0)
+    return Event(type=kind, region=region, pool=p.choice(s, path, "pool", "gpu", POOLS), start=start, end=end,
+                 max_instances=max_instances, reclaim=p.boolean(s, path, "reclaim", True),
+                 fraction=_number(s, path, "fraction", 0.0, 0.0, 1.0),
+                 factor=_number(s, path, "factor", 1.0, 0.01, 100.0))

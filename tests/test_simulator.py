@@ -1,0 +1,151 @@
+"""The simulator: determinism, conservation, a hand-worked case, the lower bound, and the shared policy."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import crossfleet_control.policy as lambda_policy
+import crossfleet_control.rebalancer as lambda_handler
+from crossfleet.cli import main as cli_main
+from crossfleet.sim import controllers
+from crossfleet.sim.bound import deadline_bound_cost, lower_bound_cost
+from crossfleet.sim.controllers import POLICIES
+from crossfleet.sim.run import bench, simulate
+from crossfleet.sim.scenario import parse_scenario
+from crossfleet.sim.workload import build_workload, read_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_inference_2023_code.csv"
+needs_trace = pytest.mark.skipif(not TRACE.exists(), reason="the shared Azure trace is not beside the repo")
+
+
+def small_scenario(seed: int = 3, **overrides) -> dict:
+    scenario = {
+        "name": "small", "duration_seconds": 900, "drain_seconds": 600, "control_period_seconds": 60, "seed": seed,
+        "rebalancer": {"target_wait_seconds": 20},
+        "regions": {"us-east-1": {
+            "cpu": {"instance_type": "m9g.16xlarge", "min_size": 1, "max_size": 6, "start": 1},
+            "gpu": {"instance_type": "g6e.xlarge", "min_size": 0, "max_size": 4, "start": 1}}},
+        "workload": {"synthetic": [
+            {"class": "inference", "placement": "either", "rate_per_second": 1.5, "input_tokens": [200, 3000],
+             "output_tokens": [5, 200], "deadline_seconds": 60},
+            {"class": "agent", "placement": "cpu_only", "rate_per_second": 0.5, "cpu_seconds": [1, 8],
+             "deadline_seconds": 60},
+            {"class": "finetune", "placement": "gpu_only", "rate_per_second": 0.01, "gpu_seconds": [60, 300],
+             "deadline_seconds": 1200}]},
+    }
+    scenario.update(overrides)
+    return scenario
+
+
+def test_simulator_runs_the_lambdas_policy_module_not_a_copy():
+    assert controllers.policy is lambda_policy
+    assert lambda_handler.policy is lambda_policy
+    assert controllers.CrossfleetPolicy.control.__globals__["policy"].decide is lambda_policy.decide
+
+
+def test_same_seed_same_result_different_seed_different_workload():
+    scenario = parse_scenario(small_scenario())
+    first, _ = simulate(scenario, "crossfleet")
+    second, _ = simulate(scenario, "crossfleet")
+    assert first == second
+    other = parse_scenario(small_scenario(seed=4))
+    assert [a.at for a in build_workload(other)] != [a.at for a in build_workload(scenario)]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_job_is_accounted_for(policy):
+    scenario = parse_scenario(small_scenario(events=[
+        {"type": "spot_interruption", "region": "us-east-1", "pool": "cpu", "start": 300, "fraction": 1.0},
+        {"type": "capacity", "region": "us-east-1", "pool": "gpu", "start": 200, "end": 500, "max_instances": 0}]))
+    result, sim = simulate(scenario, policy)
+    assert result["jobs_lost"] == 0
+    assert result["jobs_completed"] + result["jobs_unfinished"] == result["jobs_submitted"] == len(sim.records)
+    for record in sim.records:
+        assert set(record.pools_run) <= set(record.job.allowed_pools()), "placement kept, even after moves"
+
+
+def test_a_tiny_scenario_worked_by_hand():
+    """One m9g.16xlarge (4 streams, $3.13088/h) fixed at 1, no GPU, two 10-second CPU jobs at t=0.5 s.
+
+    Both start at 0.5 s on free slots and finish at 10.5 s: latency 10 s each, both inside a 20 s deadline.
+    Cost: one instance for the whole 600 + 300 s horizon = 900 / 3600 * 3.13088 = $0.78272.
+    """
+    raw = small_scenario(duration_seconds=600, drain_seconds=300)
+    raw["regions"]["us-east-1"] = {
+        "cpu": {"instance_type": "m9g.16xlarge", "min_size": 1, "max_size": 1, "start": 1},
+        "gpu": {"instance_type": "g6e.xlarge", "min_size": 0, "max_size": 0, "start": 0}}
+    raw["workload"] = {"synthetic": []}
+    scenario = parse_scenario(raw)
+    from crossfleet.sim.workload import Arrival
+    from tests.jobfactory import make_job
+
+    arrivals = [Arrival(0.5, "us-east-1", make_job(id=f"hand-{i}", placement="cpu_only", preference="cpu",
+                                                    size={"cpu_seconds": 10}, deadline_seconds=20, submitted_at=0.5))
+                for i in range(2)]
+    for policy in ("crossfleet", "target-tracking"):
+        result, _ = simulate(scenario, policy, arrivals=arrivals)
+        assert result["cost_usd"] == pytest.approx(0.78272, abs=1e-4)
+        assert result["latency_p50_s"] == pytest.approx(10.0) and result["latency_p99_s"] == pytest.approx(10.0)
+        assert result["slo_attainment"] == 1.0 and result["jobs_completed"] == 2
+        assert result["instance_hours"] == {"us-east-1/cpu": 0.25, "us-east-1/gpu": 0.0}
+    assert lower_bound_cost(scenario, arrivals) == pytest.approx(0.78272, abs=1e-4), "min size is all it pays"
+
+
+def test_lower_bound_is_below_every_policy_on_random_small_scenarios():
+    rng = random.Random(11)
+    for trial in range(4):
+        raw = small_scenario(seed=rng.randint(1, 10_000), duration_seconds=600, drain_seconds=900)
+        raw["workload"]["synthetic"][0]["rate_per_second"] = rng.uniform(0.2, 3.0)
+        raw["workload"]["synthetic"][1]["rate_per_second"] = rng.uniform(0.0, 1.0)
+        raw["regions"]["us-east-1"]["gpu"]["max_size"] = rng.randint(1, 6)
+        scenario = parse_scenario(raw)
+        arrivals = build_workload(scenario)
+        bound = lower_bound_cost(scenario, arrivals)
+        assert bound <= deadline_bound_cost(scenario, arrivals) + 1e-6
+        for policy in POLICIES:
+            result, _ = simulate(scenario, policy, arrivals=arrivals)
+            assert bound <= result["cost_usd"] + 1e-6, (trial, policy, bound, result["cost_usd"])
+
+
+@needs_trace
+def test_azure_trace_is_read_with_its_real_size():
+    rows = read_trace(str(TRACE))
+    assert len(rows) == 8819, "numbers.md: 8,819 requests"
+    assert rows[0][0] == 0.0 and 3300 < rows[-1][0] < 3500, "about 57 minutes"
+
+
+@needs_trace
+def test_bench_cli_writes_bench_json_and_plots(tmp_path: Path):
+    scenario = small_scenario(duration_seconds=300, drain_seconds=300)
+    scenario["workload"]["inference_trace"] = {"path": str(TRACE), "rate_scale": 0.5, "deadline_seconds": 60}
+    path = tmp_path / "scenario.json"
+    path.write_text(json.dumps(scenario))
+    assert cli_main(["bench", "--scenario", str(path), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert set(report["policies"]) == set(POLICIES)
+    assert report["lower_bound_cost_usd"] <= min(r["cost_usd"] for r in report["policies"].values())
+    fields = {"policy", "cost_usd", "slo_attainment", "latency_p50_s", "latency_p99_s", "jobs_submitted",
+              "jobs_completed", "jobs_lost", "instance_hours", "energy_kwh", "api_calls_per_cycle"}
+    assert fields <= set(report["policies"]["crossfleet"])
+    for name in ("fleet_sizes.png", "queue_depth.png", "cost.png", "slo_attainment.png"):
+        assert (tmp_path / "out" / "crossfleet" / name).stat().st_size > 1000
+
+
+def test_bad_scenario_is_one_clear_error(tmp_path: Path, capsys):
+    path = tmp_path / "bad.json"
+    raw = small_scenario()
+    raw["regions"]["us-east-1"]["cpu"]["instance_type"] = "p5.48xlarge"
+    path.write_text(json.dumps(raw))
+    assert cli_main(["simulate", "--scenario", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == ("crossfleet config: regions.us-east-1.cpu.instance_type = "
+                                               "'p5.48xlarge' is not allowed: a CPU-only type offered in us-east-1")
+
+
+def test_bench_report_structure_without_files():
+    report = bench(parse_scenario(small_scenario(duration_seconds=300)), policies=("crossfleet", "gpu-only"))
+    assert report["lower_bound_cost_usd"] <= report["policies"]["gpu-only"]["cost_usd"]
