@@ -26,6 +26,22 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", help="directory for result.json and plots")
     simulate.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    submit = commands.add_parser("submit", help="send jobs (JSON, a JSON list, or JSON Lines) to an intake queue")
+    submit.add_argument("file", nargs="?", default="-", help="jobs file; - or nothing reads standard input")
+    submit.add_argument("--region", default="us-east-1", help="the region whose intake queue receives them")
+    submit.add_argument("--stack", help="region stack name (default: NAME-STAGE-REGION from cdk.json)")
+    submit.add_argument("--queue-url", help="intake queue URL (skips the stack lookup)")
+    submit.add_argument("--endpoint-url", help="AWS endpoint override, e.g. a local emulator")
+    submit.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    job = commands.add_parser("job", help="a job's ledger: current status and every transition")
+    job.add_argument("job_id")
+    job.add_argument("--region", default="us-east-1")
+    job.add_argument("--stack", help="region stack name (default: NAME-STAGE-REGION from cdk.json)")
+    job.add_argument("--table", help="state table name (skips the stack lookup)")
+    job.add_argument("--endpoint-url", help="AWS endpoint override, e.g. a local emulator")
+    job.add_argument("--json", action="store_true")
+
     bench = commands.add_parser("bench", help="run every policy and the offline lower bound on a scenario")
     bench.add_argument("--scenario", required=True)
     bench.add_argument("--trace")
@@ -46,6 +62,10 @@ def _scenario(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "submit":
+        return _submit(args)
+    if args.command == "job":
+        return _job(args)
     try:
         scenario = _scenario(args)
     except ConfigError as error:
@@ -77,3 +97,90 @@ def _one_line(result: dict) -> str:
     return (f"{result['policy']} on {result['scenario']}: cost ${result['cost_usd']:.2f}, SLO "
             f"{result['slo_attainment']:.3f}, p50 {result['latency_p50_s']}s, p99 {result['latency_p99_s']}s, "
             f"{result['jobs_completed']}/{result['jobs_submitted']} completed, {result['jobs_lost']} lost")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    from crossfleet.submit import read_jobs, submit
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        items = read_jobs(text)
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"crossfleet submit: cannot read jobs from {args.file}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    session = boto3.session.Session(region_name=args.region)
+    try:
+        queue_url = args.queue_url or _stack_output(session, args, "IntakeQueueUrl")
+        report = submit(session.client("sqs", endpoint_url=args.endpoint_url), queue_url, items)
+    except NoCredentialsError:
+        print("crossfleet submit: no AWS credentials found (set AWS_PROFILE or run `aws configure`)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    except (BotoCoreError, ClientError, LookupError) as error:
+        print(f"crossfleet submit: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"accepted": report.accepted, "invalid": report.invalid, "failed": report.failed}))
+    else:
+        for job_id in report.accepted:
+            print(job_id)
+        for index, reason in report.invalid:
+            print(f"job {index}: not sent: {reason}", file=sys.stderr)
+        for job_id, reason in report.failed:
+            print(f"job {job_id}: send failed: {reason}", file=sys.stderr)
+        print(f"{len(report.accepted)} submitted, {len(report.invalid)} invalid, {len(report.failed)} failed",
+              file=sys.stderr)
+    return EXIT_OK if not report.invalid and not report.failed else EXIT_FAILED
+
+
+def _default_stack_name(region: str) -> str:
+    from crossfleet.config import parse_config
+
+    root = Path(__file__).resolve().parents[1]
+    context = json.loads((root / "cdk.json").read_text()).get("context", {}) if (root / "cdk.json").exists() else {}
+    return parse_config(context.get("crossfleet")).stack_name(region)
+
+
+def _stack_output(session, args: argparse.Namespace, key: str) -> str:
+    stack = args.stack or _default_stack_name(args.region)
+    described = session.client("cloudformation", endpoint_url=args.endpoint_url).describe_stacks(StackName=stack)
+    for output in described["Stacks"][0].get("Outputs", []):
+        if output["OutputKey"] == key:
+            return output["OutputValue"]
+    raise LookupError(f"stack {stack} has no {key} output: is it a crossfleet region stack?")
+
+
+def _job(args: argparse.Namespace) -> int:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    from crossfleet_control.ledger import Ledger
+
+    session = boto3.session.Session(region_name=args.region)
+    try:
+        table = args.table or _stack_output(session, args, "StateTableName")
+        ledger = Ledger(session.client("dynamodb", endpoint_url=args.endpoint_url), table)
+        head, history = ledger.head(args.job_id), ledger.history(args.job_id)
+    except NoCredentialsError:
+        print("crossfleet job: no AWS credentials found (set AWS_PROFILE or run `aws configure`)", file=sys.stderr)
+        return EXIT_FAILED
+    except (BotoCoreError, ClientError, LookupError) as error:
+        print(f"crossfleet job: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if head is None:
+        print(f"crossfleet job: no job {args.job_id} in the ledger of {args.region}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"head": head, "history": history}, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"{args.job_id}: {head.get('status')} (pool {head.get('pool', '-')}, attempt {head.get('attempt', 0)})"
+          + (f", result {head['result_uri']}" if head.get("result_uri") else "")
+          + (f", reason: {head['reason']}" if head.get("reason") else ""))
+    for event in history:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.pop("at")))
+        status = event.pop("status")
+        print(f"  {stamp}  {status:<14} {json.dumps(event, sort_keys=True)}")
+    return EXIT_OK

@@ -34,15 +34,27 @@ def acknowledge_findings(stack: Stack) -> None:
              "TCP 443 from the VPC's own CIDR.", applies_to=["AwsSolutions-EC23"])
 
 
-    _ack(stack, f"{base}/Rebalancer/Function/Resource", "AwsSolutions-L1",
-         "The controllers are pinned to Python 3.13 on arm64, the runtime they are tested on; moving to a newer "
-         "runtime is a deliberate, tested change rather than a synth-time default.")
-    _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
-         "An Auto Scaling group ARN embeds a UUID assigned at creation, so the statement names each group "
-         "exactly but wildcards the UUID; it also requires the crossfleet:deployment tag, and tag changes are "
-         "denied.",
-         applies_to=[RegexAppliesTo(regex="/^Resource::arn:<AWS::Partition>:autoscaling:[a-z0-9-]+:"
-                                          ".+:autoScalingGroup:\\*:autoScalingGroupName\\/.+$/g")])
+    for function in ("Rebalancer", "IntakeRouter"):
+        _ack(stack, f"{base}/{function}/Function/Resource", "AwsSolutions-L1",
+             "The controllers are pinned to Python 3.13 on arm64, the runtime they are tested on; moving to a "
+             "newer runtime is a deliberate, tested change rather than a synth-time default.")
+    for policy in ("Rebalancer/Role", "GravitonFleet/InstanceRole", "AcceleratorCluster/InstanceRole"):
+        _ack(stack, f"{base}/{policy}/DefaultPolicy/Resource", "AwsSolutions-IAM5",
+             "An Auto Scaling group ARN embeds a UUID assigned at creation, so the statement names each group "
+             "exactly but wildcards the UUID; it also requires the crossfleet:deployment tag.",
+             applies_to=[RegexAppliesTo(regex="/^Resource::arn:<AWS::Partition>:autoscaling:[a-z0-9-]+:"
+                                              ".+:autoScalingGroup:\\*:autoScalingGroupName\\/.+$/g")])
+    for fleet in ("GravitonFleet", "AcceleratorCluster"):
+        _ack(stack, f"{base}/{fleet}/InstanceRole/DefaultPolicy/Resource", "AwsSolutions-IAM5",
+             "Result and payload object keys are per job (results/JOB/attempt-N, payloads/...), so the statements "
+             "name the results bucket and a key prefix, with object-level actions only.",
+             applies_to=[RegexAppliesTo(regex="/^Resource::<ResultsBucket[0-9A-F]+\\.Arn>\\/(results|payloads)"
+                                              "\\/\\*$/g")])
+    _ack(stack, f"{base}/WorkQueues/Rejects/Resource", "AwsSolutions-SQS3",
+         "The rejects queue is itself a terminal store, like a DLQ: invalid submissions wait there with their "
+         "reason for a person; nothing consumes it automatically, so nothing could fail over to a DLQ.")
+    _ack(stack, f"{base}/Results/AccessLogs/Resource", "AwsSolutions-S1",
+         "This bucket receives the results bucket's server access logs; logging the log bucket would recurse.")
     _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
          "DescribeAutoScalingGroups and DescribeScalingActivities support no resource-level permissions, and the "
          "only other '*' statement is the Deny on retagging groups.", applies_to=["Resource::*"])

@@ -1,17 +1,21 @@
-"""One stack per configured US region: network, both fleets, work queues, state, controllers."""
+"""One stack per configured US region: network, both fleets, queues, state, results, controllers."""
 
 from __future__ import annotations
 
-from aws_cdk import Environment, Stack, Tags
+from aws_cdk import Arn, ArnComponents, ArnFormat, CfnOutput, Environment, Stack, Tags
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from crossfleet.config.model import AppConfig, RegionConfig
 from stacks.constructs.accelerator_cluster import AcceleratorCluster
 from stacks.constructs.graviton_fleet import GravitonFleet
+from stacks.constructs.intake_router import IntakeRouter
 from stacks.constructs.network import Network
-from stacks.constructs.rebalancer import Rebalancer
+from stacks.constructs.rebalancer import DEPLOYMENT_TAG, Rebalancer
+from stacks.constructs.results_bucket import ResultsBucket
 from stacks.constructs.state_table import StateTable
 from stacks.constructs.work_queues import WorkQueues
+from stacks.constructs.worker_install import worker_asset, worker_user_data
 
 POOLS = ("cpu", "gpu")
 
@@ -24,35 +28,81 @@ class RegionStack(Stack):
                          env=Environment(account=config.account, region=region.region),
                          description=f"crossfleet {config.stage}: Graviton and accelerator fleets in {region.region}")
         deployment = config.prefix
-        self.network = Network(self, "Network", config=config.network,
-                               availability_zones=region.availability_zones)
-        self.queues = WorkQueues(self, "WorkQueues", config=config.queues, pools=POOLS)
+        name = region.region
+        group_names = {pool: f"{deployment}-{name}-{pool}" for pool in POOLS}
+        hook_names = {pool: f"{group_names[pool]}-drain" for pool in POOLS}
+
+        self.network = Network(self, "Network", config=config.network, availability_zones=region.availability_zones)
+        self.queues = WorkQueues(self, "WorkQueues", config=config.queues, pools=POOLS,
+                                 intake_queue_name=f"{deployment}-{name}-intake")
         self.state = StateTable(self, "State", config=config.state)
+        self.results = ResultsBucket(self, "Results", retain_on_delete=config.state.retain_on_delete)
+        self.worker_asset = worker_asset(self)
+
+        worker = config.worker
+        user_data = {pool: worker_user_data(asset=self.worker_asset, settings={
+            "deployment": deployment, "region": name, "pool": pool,
+            "queue_url": self.queues.pools[pool].queue.queue_url,
+            "dead_letter_url": self.queues.pools[pool].dead_letter_queue.queue_url,
+            "table_name": self.state.table.table_name, "results_bucket": self.results.bucket.bucket_name,
+            "group_name": group_names[pool], "lifecycle_hook": hook_names[pool],
+            "concurrency": worker.cpu_concurrency if pool == "cpu" else worker.gpu_concurrency,
+            "visibility_seconds": config.queues.visibility_timeout_seconds,
+            "heartbeat_seconds": worker.heartbeat_seconds, "max_attempts": worker.max_attempts,
+            "runner": worker.cpu_runner if pool == "cpu" else worker.gpu_runner,
+        }) for pool in POOLS}
+
         self.graviton_fleet = GravitonFleet(
             self, "GravitonFleet", config=region.graviton_fleet, vpc=self.network.vpc,
-            subnets=self.network.instance_subnets, group_name=f"{deployment}-{region.region}-cpu",
-            region=region.region, deployment=deployment)
+            subnets=self.network.instance_subnets, group_name=group_names["cpu"], user_data=user_data["cpu"],
+            lifecycle_hook_name=hook_names["cpu"], drain_seconds=worker.drain_seconds)
         self.accelerator_cluster = AcceleratorCluster(
             self, "AcceleratorCluster", config=region.accelerator_cluster, vpc=self.network.vpc,
             subnet_group_name="instances", availability_zones=region.availability_zones,
-            group_name=f"{deployment}-{region.region}-gpu", region=region.region, deployment=deployment)
-
+            group_name=group_names["gpu"], user_data=user_data["gpu"], lifecycle_hook_name=hook_names["gpu"],
+            drain_seconds=worker.drain_seconds)
         self.rebalancer = Rebalancer(
-            self, "Rebalancer", config=config.rebalancer, deployment=deployment, region=region.region,
+            self, "Rebalancer", config=config.rebalancer, deployment=deployment, region=name,
             queues=self.queues, state=self.state,
             groups={
-                "cpu": (f"{deployment}-{region.region}-cpu", region.graviton_fleet.instance_types[0],
+                "cpu": (group_names["cpu"], region.graviton_fleet.instance_types[0],
                         region.graviton_fleet.min_size, region.graviton_fleet.max_size),
-                "gpu": (f"{deployment}-{region.region}-gpu", region.accelerator_cluster.instance_types[0],
+                "gpu": (group_names["gpu"], region.accelerator_cluster.instance_types[0],
                         region.accelerator_cluster.min_size, region.accelerator_cluster.max_size),
             })
+        self.router = IntakeRouter(self, "IntakeRouter", deployment=deployment, region=name, queues=self.queues,
+                                   state=self.state, regions=tuple(r.region for r in config.regions))
 
         for pool, fleet in (("cpu", self.graviton_fleet), ("gpu", self.accelerator_cluster)):
-            self.queues.pools[pool].queue.grant_consume_messages(fleet.instances.role)
-        self.state.table.grant_read_write_data(self.graviton_fleet.instances.role)
-        self.state.table.grant_read_write_data(self.accelerator_cluster.instances.role)
+            role = fleet.instances.role
+            self.queues.pools[pool].queue.grant_consume_messages(role)
+            self.queues.pools[pool].dead_letter_queue.grant_send_messages(role)
+            self.state.table.grant_read_write_data(role)
+            role.add_to_policy(iam.PolicyStatement(
+                sid="WriteResultsReadPayloads", actions=["s3:PutObject", "s3:GetObject"],
+                resources=[self.results.bucket.arn_for_objects("results/*")]))
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ReadPayloadReferences", actions=["s3:GetObject"],
+                resources=[self.results.bucket.arn_for_objects("payloads/*")]))
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ReadWorkerAgentAsset", actions=["s3:GetObject"],
+                resources=[f"arn:{self.partition}:s3:::{self.worker_asset.s3_bucket_name}/"
+                           f"{self.worker_asset.s3_object_key}"]))
+            role.add_to_policy(iam.PolicyStatement(
+                sid="CompleteOwnScaleInHook", actions=["autoscaling:CompleteLifecycleAction"],
+                resources=[Arn.format(ArnComponents(
+                    service="autoscaling", resource="autoScalingGroup",
+                    resource_name=f"*:autoScalingGroupName/{group_names[pool]}",
+                    arn_format=ArnFormat.COLON_RESOURCE_NAME), self)],
+                conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
+
+        # What the CLI and producers look up (crossfleet submit reads these).
+        CfnOutput(self, "IntakeQueueUrl", value=self.queues.intake.queue.queue_url)
+        CfnOutput(self, "RejectsQueueUrl", value=self.queues.rejects.queue_url)
+        CfnOutput(self, "StateTableName", value=self.state.table.table_name)
+        CfnOutput(self, "ResultsBucketName", value=self.results.bucket.bucket_name)
 
         # Cost allocation: every taggable resource says which deployment, stage and region it belongs to.
         for key, value in (("crossfleet:app", config.name), ("crossfleet:stage", config.stage),
-                           ("crossfleet:region", region.region), ("crossfleet:deployment", deployment)):
+                           ("crossfleet:region", name), (DEPLOYMENT_TAG, deployment)):
             Tags.of(self).add(key, value)

@@ -28,6 +28,9 @@ class Region:
     settings: Settings
     queue_names: dict[str, str]
     dlq_names: dict[str, str]
+    intake_url: str = ""
+    rejects_url: str = ""
+    results_bucket: str = ""
 
     def client(self, service: str) -> Any:
         return self.session.client(service)
@@ -54,7 +57,9 @@ class Region:
         ids = []
         for message in queue._messages:
             body = json.loads(message.body) if message.body.startswith("{") else {}
-            ids.append(body.get("id") or json.loads(body.get("body", "{}") or "{}").get("id") if body else None)
+            inner = body.get("body", "{}") if isinstance(body.get("body"), str) else "{}"
+            ids.append(body.get("id") or body.get("job_id")
+                       or (json.loads(inner).get("id") if inner.startswith("{") else None))
         return [i for i in ids if i]
 
     def dead_letter_bodies(self, pool: str) -> list[dict[str, Any]]:
@@ -127,4 +132,15 @@ def build_region(name: str = "us-east-1", *, cpu_desired: int = 1, gpu_desired: 
                         schedule_seconds=60, lease_seconds=55, decision_ttl_seconds=86400, pools=pools,
                         policy=PolicySettings(target_wait_seconds=120, scale_in_delay_seconds=600,
                                               max_scale_up_step=10, max_scale_in_step=2, move_budget=200))
-    return Region(name=name, session=session, settings=settings, queue_names=queue_names, dlq_names=dlq_names)
+    intake_url = sqs.create_queue(QueueName=f"{DEPLOYMENT}-{name}-intake")["QueueUrl"]
+    rejects_url = sqs.create_queue(QueueName=f"{DEPLOYMENT}-{name}-rejects")["QueueUrl"]
+    bucket = f"{DEPLOYMENT}-{name}-results"
+    s3 = session.client("s3")
+    if name == "us-east-1":
+        s3.create_bucket(Bucket=bucket)
+    else:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": name})
+    queue_names["rejects"] = f"{DEPLOYMENT}-{name}-rejects"
+    queue_names["intake"] = f"{DEPLOYMENT}-{name}-intake"
+    return Region(name=name, session=session, settings=settings, queue_names=queue_names, dlq_names=dlq_names,
+                  intake_url=intake_url, rejects_url=rejects_url, results_bucket=bucket)

@@ -109,8 +109,10 @@ def test_every_work_queue_has_a_dead_letter_queue_sse_and_tls(default_app: Synth
         if redrive:
             work_queues[logical_id] = queue
             dlq_ids.add(redrive["deadLetterTargetArn"]["Fn::GetAtt"][0])
-    assert set(queues) == set(work_queues) | dlq_ids, "every queue is a work queue with a DLQ, or a DLQ"
-    assert len(work_queues) >= 2
+    rejects = {k for k in queues if k.startswith("WorkQueuesRejects")}
+    assert len(rejects) == 1, "the rejects store is the one queue with no DLQ: it is terminal, like a DLQ"
+    assert set(queues) == set(work_queues) | dlq_ids | rejects, "every other queue has a DLQ or is one"
+    assert len(work_queues) == 3, "cpu, gpu and intake"
     default_app.templates[region].has_resource_properties("AWS::SQS::QueuePolicy", {
         "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
             "Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])}})
@@ -161,11 +163,12 @@ def test_instance_roles_have_session_manager_and_only_their_own_queue(default_ap
             if {"Ref": role_id} not in policy["Properties"]["Roles"]:
                 continue
             for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-                if any(a.startswith("sqs:") for a in _as_list(statement["Action"])):
+                if "sqs:ReceiveMessage" in _as_list(statement["Action"]):
                     for resource in _as_list(statement["Resource"]):
                         consumed_by_role.setdefault(role_id, set()).add(resource["Fn::GetAtt"][0])
     assert all(len(q) == 1 for q in consumed_by_role.values()), "each pool consumes exactly one queue"
-    assert set().union(*consumed_by_role.values()) == queues
+    pool_queues = {q for q in queues if "Intake" not in q}
+    assert set().union(*consumed_by_role.values()) == pool_queues, "the pool queues, never the intake queue"
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -183,8 +186,13 @@ def test_stateful_resources_keep_their_logical_ids(default_app: SynthesizedApp):
     """Renaming a construct would replace the table or a queue (and lose its jobs) on the next deploy."""
     template = default_app.template_json("us-east-1")
     stateful = {k: v["Type"] for k, v in template["Resources"].items()
-                if v["Type"] in ("AWS::DynamoDB::Table", "AWS::SQS::Queue")}
+                if v["Type"] in ("AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::S3::Bucket")}
     assert stateful == {
+        "ResultsAccessLogs10A17094": "AWS::S3::Bucket",
+        "ResultsBucket46167C27": "AWS::S3::Bucket",
+        "WorkQueuesIntakeDeadLettersBB868B0D": "AWS::SQS::Queue",
+        "WorkQueuesIntake10A1486E": "AWS::SQS::Queue",
+        "WorkQueuesRejects161F3072": "AWS::SQS::Queue",
         "StateTable962DE04C": "AWS::DynamoDB::Table",
         "WorkQueuesCpuDeadLetters82CFC2DA": "AWS::SQS::Queue",
         "WorkQueuesCpuJobs0E588A3A": "AWS::SQS::Queue",

@@ -24,6 +24,7 @@ from crossfleet_control.adapters import (
     ReceivedJob,
     SqsQueues,
 )
+from crossfleet_control.ledger import Ledger
 from crossfleet_control.metrics import MetricsRecorder
 from crossfleet_control.policy_types import Decision, Observation, PoolTelemetry, QueuedJob
 from crossfleet_control.settings import Settings
@@ -41,6 +42,7 @@ class Dependencies:
     fleets: AutoScalingFleets
     state: ControllerState
     metrics: MetricsRecorder
+    ledger: Ledger | None = None
     clock: Callable[[], float] = time.time
 
 
@@ -57,6 +59,7 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
         metrics.add("Errors", 1, Operation=where.split("[")[0])
         print(f"crossfleet rebalancer error at {where}: {error}")
 
+    dynamodb = session.client("dynamodb", config=config)
     return Dependencies(
         settings=settings,
         queues=SqsQueues(session.client("sqs", config=config),
@@ -64,8 +67,9 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
                          {p: s.dead_letter_url for p, s in settings.pools.items()}, on_error),
         fleets=AutoScalingFleets(session.client("autoscaling", config=config),
                                  {p: s.group_name for p, s in settings.pools.items()}, on_error),
-        state=ControllerState(session.client("dynamodb", config=config), settings.table_name, settings.region),
+        state=ControllerState(dynamodb, settings.table_name, settings.region),
         metrics=metrics,
+        ledger=Ledger(dynamodb, settings.table_name),
     )
 
 
@@ -210,6 +214,11 @@ def _apply(deps: Dependencies, decision: Decision, received: list[ReceivedJob], 
             metrics.add("Errors", 1, Operation="sqs.delete_after_move")
         moved |= {r.job.id for r in sent}
         applied["moved"] += [r.job.id for r in sent]
+        if deps.ledger is not None and sent:
+            try:  # the job's history shows the move; the decision log has the reason either way
+                deps.ledger.record_moves([(r.job.id, source, destination) for r in sent])
+            except Exception:
+                metrics.add("Errors", 1, Operation="dynamodb.record_moves")
     _release(deps, received, moved=moved)
     return applied
 
@@ -286,9 +295,10 @@ def api_call_bound(settings: Settings) -> int:
     Fixed: lease take + release (2), controls query (1), group describe (1), per pool queue attributes and
     scaling activities (2 each), lease check before acting (1), desired capacity per pool (1 each), memory
     and decision writes (2). Moves: per 10 sampled messages one receive, one send, one delete or release;
-    per malformed message a DLQ send and a delete.
+    per 25 moves one ledger batch write; per malformed message a DLQ send and a delete.
     """
     pools = len(settings.pools)
     fixed = 2 + 1 + 1 + 2 * pools + 1 + pools + 2
     batches = math.ceil(settings.policy.move_budget / 10) + len(settings.pools)
-    return fixed + 4 * batches + 2 * settings.policy.move_budget
+    ledger_writes = math.ceil(settings.policy.move_budget / 25) + len(settings.pools)
+    return fixed + 4 * batches + ledger_writes + 2 * settings.policy.move_budget

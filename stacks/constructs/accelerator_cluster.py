@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Tags
+from aws_cdk import Duration, Tags
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
@@ -11,7 +11,6 @@ from crossfleet.config.model import AcceleratorClusterConfig
 from stacks.constructs.pool_instances import (
     PoolInstances,
     pool_instances,
-    pool_user_data,
     prioritized_mixed_policy,
 )
 
@@ -31,8 +30,8 @@ class AcceleratorCluster(Construct):
     placement_group: ec2.PlacementGroup | None
 
     def __init__(self, scope: Construct, id_: str, *, config: AcceleratorClusterConfig, vpc: ec2.IVpc,
-                 subnet_group_name: str, availability_zones: tuple[str, ...], group_name: str, region: str,
-                 deployment: str) -> None:
+                 subnet_group_name: str, availability_zones: tuple[str, ...], group_name: str,
+                 user_data: ec2.UserData, lifecycle_hook_name: str, drain_seconds: int) -> None:
         super().__init__(scope, id_)
         self.placement_group = (ec2.PlacementGroup(self, "PlacementGroup",
                                                    strategy=ec2.PlacementGroupStrategy.CLUSTER)
@@ -42,7 +41,7 @@ class AcceleratorCluster(Construct):
             self, vpc=vpc, pool=POOL,
             machine_image=ec2.MachineImage.from_ssm_parameter(config.ami_parameter),
             root_volume_gib=config.root_volume_gib,
-            user_data=pool_user_data(region=region, pool=POOL, deployment=deployment),
+            user_data=user_data,
             placement_group=self.placement_group,
             instance_type=pinned_type,
         )
@@ -65,6 +64,11 @@ class AcceleratorCluster(Construct):
                     self.instances.launch_template, config.all_instance_types, on_demand_base=0,
                     on_demand_percentage_above_base=0 if config.spot else 100),
             )
+        # Scale-in waits for the worker: it stops taking jobs, finishes or requeues them, then completes this.
+        self.group.add_lifecycle_hook(
+            "DrainOnScaleIn", lifecycle_hook_name=lifecycle_hook_name,
+            lifecycle_transition=autoscaling.LifecycleTransition.INSTANCE_TERMINATING,
+            heartbeat_timeout=Duration.seconds(drain_seconds), default_result=autoscaling.DefaultResult.CONTINUE)
         Tags.of(self).add("crossfleet:pool", POOL)
 
     def _apply_launch_options(self, config: AcceleratorClusterConfig) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Tags
+from aws_cdk import Duration, Tags
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
@@ -11,7 +11,6 @@ from crossfleet.config.model import AL2023_ARM64_AMI_PARAMETER, GravitonFleetCon
 from stacks.constructs.pool_instances import (
     PoolInstances,
     pool_instances,
-    pool_user_data,
     prioritized_mixed_policy,
 )
 
@@ -29,13 +28,14 @@ class GravitonFleet(Construct):
     instances: PoolInstances
 
     def __init__(self, scope: Construct, id_: str, *, config: GravitonFleetConfig, vpc: ec2.IVpc,
-                 subnets: ec2.SubnetSelection, group_name: str, region: str, deployment: str) -> None:
+                 subnets: ec2.SubnetSelection, group_name: str, user_data: ec2.UserData,
+                 lifecycle_hook_name: str, drain_seconds: int) -> None:
         super().__init__(scope, id_)
         self.instances = pool_instances(
             self, vpc=vpc, pool=POOL,
             machine_image=ec2.MachineImage.from_ssm_parameter(AL2023_ARM64_AMI_PARAMETER),
             root_volume_gib=config.root_volume_gib,
-            user_data=pool_user_data(region=region, pool=POOL, deployment=deployment),
+            user_data=user_data,
         )
         self.group = autoscaling.AutoScalingGroup(
             self, "Group",
@@ -51,4 +51,9 @@ class GravitonFleet(Construct):
                 on_demand_base=config.on_demand_base_capacity,
                 on_demand_percentage_above_base=config.on_demand_percentage_above_base),
         )
+        # Scale-in waits for the worker: it stops taking jobs, finishes or requeues them, then completes this.
+        self.group.add_lifecycle_hook(
+            "DrainOnScaleIn", lifecycle_hook_name=lifecycle_hook_name,
+            lifecycle_transition=autoscaling.LifecycleTransition.INSTANCE_TERMINATING,
+            heartbeat_timeout=Duration.seconds(drain_seconds), default_result=autoscaling.DefaultResult.CONTINUE)
         Tags.of(self).add("crossfleet:pool", POOL)

@@ -46,17 +46,6 @@ def pool_instances(scope: Construct, *, vpc: ec2.IVpc, pool: str, machine_image:
     return PoolInstances(role=role, security_group=security_group, launch_template=launch_template)
 
 
-def pool_user_data(*, region: str, pool: str, deployment: str) -> ec2.UserData:
-    """Identity file the worker agent reads on boot: which deployment, region and pool this instance serves."""
-    user_data = ec2.UserData.for_linux()
-    user_data.add_commands(
-        "install -d -m 0755 /etc/crossfleet",
-        f"printf 'CROSSFLEET_DEPLOYMENT={deployment}\\nCROSSFLEET_REGION={region}\\nCROSSFLEET_POOL={pool}\\n'"
-        " > /etc/crossfleet/pool.env",
-    )
-    return user_data
-
-
 def prioritized_mixed_policy(launch_template: ec2.LaunchTemplate, instance_types: tuple[str, ...], *,
                              on_demand_base: int, on_demand_percentage_above_base: int,
                              ) -> autoscaling.MixedInstancesPolicy:

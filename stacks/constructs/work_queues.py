@@ -18,9 +18,14 @@ class PoolQueue:
 
 
 class WorkQueues(Construct):
-    pools: dict[str, PoolQueue]
+    """Per pool a work queue and its DLQ; plus the intake queue producers send to and the rejects queue."""
 
-    def __init__(self, scope: Construct, id_: str, *, config: QueueConfig, pools: tuple[str, ...]) -> None:
+    pools: dict[str, PoolQueue]
+    intake: PoolQueue
+    rejects: sqs.Queue
+
+    def __init__(self, scope: Construct, id_: str, *, config: QueueConfig, pools: tuple[str, ...],
+                 intake_queue_name: str) -> None:
         super().__init__(scope, id_)
         retention = Duration.days(config.retention_days)
         self.pools = {}
@@ -39,3 +44,17 @@ class WorkQueues(Construct):
                 dead_letter_queue=sqs.DeadLetterQueue(queue=dlq, max_receive_count=config.max_receive_count),
             )
             self.pools[pool] = PoolQueue(queue=queue, dead_letter_queue=dlq)
+
+        # The intake queue has a fixed name so a router in another region can forward pinned jobs to it.
+        intake_dlq = sqs.Queue(self, "IntakeDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
+                               enforce_ssl=True, retention_period=Duration.days(14))
+        intake = sqs.Queue(
+            self, "Intake", queue_name=intake_queue_name, encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True, retention_period=retention,
+            # Six times the router's timeout, as Lambda's SQS guidance asks.
+            visibility_timeout=Duration.seconds(180),
+            dead_letter_queue=sqs.DeadLetterQueue(queue=intake_dlq, max_receive_count=config.max_receive_count))
+        self.intake = PoolQueue(queue=intake, dead_letter_queue=intake_dlq)
+        # Invalid submissions, each with its reason, kept as long as SQS allows for producers to inspect.
+        self.rejects = sqs.Queue(self, "Rejects", encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
+                                 retention_period=Duration.days(14))

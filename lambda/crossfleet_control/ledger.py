@@ -1,0 +1,176 @@
+"""The job ledger: one head item per job (current status, claim) and one item per status transition.
+
+Every write is conditional, so a duplicate delivery, a retried Lambda or two workers racing cannot run a job
+twice or move it backwards: `claim` succeeds for exactly one worker at a time, and only a job that has not
+reached a terminal state can be claimed. Transition items are append-only and carry a TTL.
+
+Statuses: submitted -> queued(pool, region) [-> moved] -> running(instance) -> succeeded | failed (retried:
+back to queued) | dead_lettered; or rejected at intake.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from crossfleet_control.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
+
+TERMINAL = ("succeeded", "dead_lettered", "rejected")
+CLAIMABLE = ("submitted", "queued", "moved", "failed", "interrupted")
+HISTORY_TTL_SECONDS = 30 * 86400
+
+
+@dataclass(frozen=True)
+class Claim:
+    won: bool
+    status: str | None  # the status found when the claim was refused
+    owner: str | None
+    claim_until: float | None
+    attempt: int = 0
+
+
+def _key(job_id: str) -> dict[str, Any]:
+    return {PARTITION_KEY: {"S": f"job#{job_id}"}, SORT_KEY: {"S": "head"}}
+
+
+@dataclass
+class Ledger:
+    client: Any
+    table_name: str
+    clock: Callable[[], float] = time.time
+
+    def _event(self, job_id: str, status: str, detail: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        return {PARTITION_KEY: {"S": f"job#{job_id}"}, SORT_KEY: {"S": f"event#{now:017.6f}#{status}"},
+                "status": {"S": status}, "at": {"N": repr(now)}, "detail": {"S": json.dumps(detail, sort_keys=True)},
+                TTL_ATTRIBUTE: {"N": str(int(now + HISTORY_TTL_SECONDS))}}
+
+    def _append(self, job_id: str, status: str, detail: dict[str, Any]) -> None:
+        self.client.put_item(TableName=self.table_name, Item=self._event(job_id, status, detail))
+
+    def record_queued(self, job_id: str, *, pool: str, region: str, via: str) -> bool:
+        """First sight of a job (router or CLI). Returns False if the ledger already knew it (a duplicate)."""
+        now = self.clock()
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item={**_key(job_id), "status": {"S": "queued"}, "pool": {"S": pool}, "region": {"S": region},
+                      "attempt": {"N": "0"}, "updated_at": {"N": repr(now)}},
+                ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        self._append(job_id, "queued", {"pool": pool, "region": region, "via": via})
+        return True
+
+    def record_rejected(self, job_id: str, reason: str) -> None:
+        now = self.clock()
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item={**_key(job_id), "status": {"S": "rejected"}, "reason": {"S": reason[:1000]},
+                      "updated_at": {"N": repr(now)}},
+                ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return  # a valid job with this id is already in flight: the invalid copy changes nothing
+        self._append(job_id, "rejected", {"reason": reason})
+
+    def record_moves(self, moves: list[tuple[str, str, str]]) -> None:
+        """(job_id, source, destination) transitions from the rebalancer, 25 per batch write."""
+        for start in range(0, len(moves), 25):
+            items = [{"PutRequest": {"Item": self._event(job_id, "moved", {"from": source, "to": destination})}}
+                     for job_id, source, destination in moves[start:start + 25]]
+            self.client.batch_write_item(RequestItems={self.table_name: items})
+
+    def claim(self, job_id: str, *, owner: str, pool: str, lease_seconds: float) -> Claim:
+        """Take the job for one run. Exactly one caller wins while a claim is live; terminal jobs never run."""
+        now = self.clock()
+        try:
+            response = self.client.update_item(
+                TableName=self.table_name, Key=_key(job_id),
+                UpdateExpression="SET #s = :running, claim_owner = :owner, claim_until = :until, #p = :pool, "
+                                 "updated_at = :now ADD attempt :one",
+                ConditionExpression="attribute_not_exists(pk) OR #s IN (:c1, :c2, :c3, :c4, :c5) "
+                                    "OR (#s = :running AND claim_until < :now)",
+                ExpressionAttributeNames={"#s": "status", "#p": "pool"},
+                ExpressionAttributeValues={
+                    ":running": {"S": "running"}, ":owner": {"S": owner}, ":until": {"N": repr(now + lease_seconds)},
+                    ":pool": {"S": pool}, ":now": {"N": repr(now)}, ":one": {"N": "1"},
+                    **{f":c{i + 1}": {"S": s} for i, s in enumerate(CLAIMABLE)}},
+                ReturnValues="ALL_NEW")
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            head = self.head(job_id) or {}
+            return Claim(won=False, status=head.get("status"), owner=head.get("claim_owner"),
+                         claim_until=head.get("claim_until"), attempt=int(head.get("attempt", 0)))
+        attempt = int(response["Attributes"]["attempt"]["N"])
+        self._append(job_id, "running", {"owner": owner, "pool": pool, "attempt": attempt})
+        return Claim(won=True, status="running", owner=owner, claim_until=now + lease_seconds, attempt=attempt)
+
+    def extend(self, job_id: str, *, owner: str, lease_seconds: float) -> bool:
+        try:
+            self.client.update_item(
+                TableName=self.table_name, Key=_key(job_id), UpdateExpression="SET claim_until = :until",
+                ConditionExpression="claim_owner = :owner AND #s = :running",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":until": {"N": repr(self.clock() + lease_seconds)},
+                                           ":owner": {"S": owner}, ":running": {"S": "running"}})
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def finish(self, job_id: str, *, owner: str, status: str, detail: dict[str, Any]) -> bool:
+        """Move a claimed job to succeeded, failed, interrupted or dead_lettered. Only the claim's owner can."""
+        extra = ", result_uri = :uri" if "result_uri" in detail else ""
+        values: dict[str, Any] = {":status": {"S": status}, ":owner": {"S": owner}, ":running": {"S": "running"},
+                                  ":now": {"N": repr(self.clock())}, ":reason": {"S": str(detail.get("reason", ""))}}
+        if extra:
+            values[":uri"] = {"S": detail["result_uri"]}
+        try:
+            self.client.update_item(
+                TableName=self.table_name, Key=_key(job_id),
+                UpdateExpression=f"SET #s = :status, updated_at = :now, reason = :reason{extra} REMOVE claim_until",
+                ConditionExpression="claim_owner = :owner AND #s = :running",
+                ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues=values)
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        self._append(job_id, status, {"owner": owner, **detail})
+        return True
+
+    def head(self, job_id: str) -> dict[str, Any] | None:
+        item = self.client.get_item(TableName=self.table_name, Key=_key(job_id), ConsistentRead=True).get("Item")
+        if not item:
+            return None
+        return {k: _plain(v) for k, v in item.items()}
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        items = self.client.query(
+            TableName=self.table_name, KeyConditionExpression="pk = :pk AND begins_with(sk, :event)",
+            ExpressionAttributeValues={":pk": {"S": f"job#{job_id}"}, ":event": {"S": "event#"}},
+            ConsistentRead=True)["Items"]
+        return [{"status": i["status"]["S"], "at": float(i["at"]["N"]), **json.loads(i["detail"]["S"])}
+                for i in items]
+
+
+def _plain(value: dict[str, Any]) -> Any:
+    if "S" in value:
+        return value["S"]
+    if "N" in value:
+        number = float(value["N"])
+        return int(number) if number.is_integer() else number
+    if "BOOL" in value:
+        return value["BOOL"]
+    return value

@@ -1,0 +1,28 @@
+"""Where workers write job results: encrypted, TLS-only, private, with access logs and an expiry."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+
+class ResultsBucket(Construct):
+    bucket: s3.Bucket
+    access_logs: s3.Bucket
+
+    def __init__(self, scope: Construct, id_: str, *, retain_on_delete: bool, expire_days: int = 30) -> None:
+        super().__init__(scope, id_)
+        removal = RemovalPolicy.RETAIN if retain_on_delete else RemovalPolicy.DESTROY
+        common = dict(encryption=s3.BucketEncryption.S3_MANAGED, enforce_ssl=True,
+                      block_public_access=s3.BlockPublicAccess.BLOCK_ALL, removal_policy=removal,
+                      object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED)
+        # Server access logs need ACL-style delivery, so this bucket keeps BUCKET_OWNER_PREFERRED ownership.
+        self.access_logs = s3.Bucket(
+            self, "AccessLogs", encryption=s3.BucketEncryption.S3_MANAGED, enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL, removal_policy=removal,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90))])
+        self.bucket = s3.Bucket(self, "Bucket", **common, server_access_logs_bucket=self.access_logs,
+                                server_access_logs_prefix="results/",
+                                lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(expire_days))])
