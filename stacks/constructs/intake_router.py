@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from aws_cdk import Arn, ArnComponents, Duration, RemovalPolicy, Stack
+from aws_cdk import Arn, ArnComponents, Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from stacks.constructs.rebalancer import ASSET_EXCLUDES, LAMBDA_SOURCE
+from stacks.constructs.controller_function import controller_function
 from stacks.constructs.state_table import StateTable
 from stacks.constructs.work_queues import WorkQueues
 
@@ -25,18 +25,11 @@ class IntakeRouter(Construct):
         settings = {"deployment": deployment, "region": region, "table_name": state.table.table_name,
                     "queue_urls": {pool: q.queue.queue_url for pool, q in queues.pools.items()},
                     "rejects_url": queues.rejects.queue_url}
-        self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_MONTH,
-                                       removal_policy=RemovalPolicy.DESTROY)
-        role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-                        description="crossfleet intake router: intake in, pool queues and rejects out, the ledger")
-        self.log_group.grant_write(role)
-        self.function = lambda_.Function(
-            self, "Function", runtime=lambda_.Runtime.PYTHON_3_13, architecture=lambda_.Architecture.ARM_64,
-            handler="crossfleet_control.router.handler",
-            code=lambda_.Code.from_asset(str(LAMBDA_SOURCE), exclude=ASSET_EXCLUDES),
-            timeout=Duration.seconds(30), memory_size=256, role=role, log_group=self.log_group,
-            environment={"CROSSFLEET_ROUTER_SETTINGS": stack.to_json_string(settings)},
-            description=f"crossfleet intake router for {deployment} in {region}")
+        controller = controller_function(
+            self, handler="crossfleet_control.router.handler",
+            description=f"crossfleet intake router for {deployment} in {region}",
+            environment={"CROSSFLEET_ROUTER_SETTINGS": stack.to_json_string(settings)}, timeout_seconds=30)
+        self.function, self.log_group, role = controller.function, controller.log_group, controller.role
         self.function.add_event_source(sources.SqsEventSource(
             queues.intake.queue, batch_size=10, max_batching_window=Duration.seconds(1),
             report_batch_item_failures=True))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from aws_cdk import Arn, ArnComponents, ArnFormat, Duration, RemovalPolicy, Stack
+from aws_cdk import Arn, ArnComponents, ArnFormat, Duration, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -14,11 +12,10 @@ from constructs import Construct
 
 from crossfleet.config.model import RebalancerConfig
 from crossfleet.config.offerings import offerings
+from stacks.constructs.controller_function import controller_function
 from stacks.constructs.state_table import StateTable
 from stacks.constructs.work_queues import WorkQueues
 
-LAMBDA_SOURCE = Path(__file__).resolve().parents[2] / "lambda"
-ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "tests", "*.md"]
 DEPLOYMENT_TAG = "crossfleet:deployment"
 
 
@@ -50,24 +47,11 @@ class Rebalancer(Construct):
             "policy": config.policy_fields(),
         }
 
-        self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_MONTH,
-                                       removal_policy=RemovalPolicy.DESTROY)
-        role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-                        description="crossfleet rebalancer: this deployment's groups, queues and state only")
-        self.log_group.grant_write(role)
-        self.function = lambda_.Function(
-            self, "Function",
-            runtime=lambda_.Runtime.PYTHON_3_13,
-            architecture=lambda_.Architecture.ARM_64,
-            handler="crossfleet_control.rebalancer.handler",
-            code=lambda_.Code.from_asset(str(LAMBDA_SOURCE), exclude=ASSET_EXCLUDES),
-            timeout=Duration.seconds(timeout_seconds),
-            memory_size=256,
-            role=role,
-            log_group=self.log_group,
-            environment={"CROSSFLEET_SETTINGS": stack.to_json_string(settings)},
-            description=f"crossfleet rebalancer for {deployment} in {region}",
-        )
+        controller = controller_function(
+            self, handler="crossfleet_control.rebalancer.handler",
+            description=f"crossfleet rebalancer for {deployment} in {region}: its groups, queues and state only",
+            environment={"CROSSFLEET_SETTINGS": stack.to_json_string(settings)}, timeout_seconds=timeout_seconds)
+        self.function, self.log_group, role = controller.function, controller.log_group, controller.role
         self.schedule = events.Rule(
             self, "Schedule", schedule=events.Schedule.rate(Duration.minutes(config.schedule_minutes)),
             # A missed tick is replaced by the next one; retrying an old tick would act on stale data.
