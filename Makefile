@@ -10,7 +10,7 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export AWS_EC2_METADATA_DISABLED := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup synth test lint bench clean
+.PHONY: setup synth test e2e lint bench clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -36,6 +36,10 @@ synth: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# Deploy every stack into moto's server on loopback and drive jobs through it (also part of `make test`).
+e2e: setup
+	$(PY) -m pytest -m e2e -v
 
 lint: setup
 	$(PY) -m ruff check .

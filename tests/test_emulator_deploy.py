@@ -1,0 +1,261 @@
+"""The whole synthesized app deployed into moto's server (CloudFormation on loopback), then driven end to end.
+
+Assets are published and templates created the way `cdk deploy` does it (crossfleet/emulator.py). Jobs from
+the Azure trace go in with `crossfleet submit`; the router, the rebalancer and worker agents run in-process
+against the emulator with the settings read back from what was deployed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aws_cdk import App
+from moto.core import DEFAULT_ACCOUNT_ID as ACCOUNT
+from moto.server import ThreadedMotoServer
+
+from crossfleet import emulator
+from crossfleet.cli import main as cli_main
+from crossfleet.config import parse_config
+from crossfleet_control.ledger import Ledger
+from crossfleet_control.rebalancer import build_dependencies, run_cycle
+from crossfleet_control.router import RouterSettings, build_router
+from crossfleet_control.settings import Settings
+from crossfleet_worker.agent import Agent, WorkerSettings
+from stacks.app_builder import build_app
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_inference_2023_code.csv"
+# What moto still warns about after the emulator shim, and why that is fine.
+TOLERATED_WARNINGS = {"AWS::CDK::Metadata": "CDK's own analytics metadata resource: nothing to emulate"}
+EXPECTED_SKIPS = set(emulator.EMULATOR_SKIPS)
+
+
+@dataclass
+class Deployed:
+    url: str
+    out_dir: Path
+    statuses: dict[str, dict[str, Any]]
+    skipped: dict[str, dict[str, str]]
+    warnings: set[str]
+    templates: dict[str, dict[str, Any]]
+
+    def client(self, service: str, region: str = "us-east-1") -> Any:
+        return boto3.session.Session(region_name=region).client(service, endpoint_url=self.url)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    out_dir = tmp_path_factory.mktemp("cdk.out")
+    app = App(outdir=str(out_dir))
+    build_app(app, parse_config({"regions": ["us-east-1", "us-east-2", "us-west-2"]}), nag=False)
+    app.synth()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    statuses, skipped, templates = {}, {}, {}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for stack in emulator.stack_artifacts(out_dir):
+                session = boto3.session.Session(region_name=stack.region)
+                client = lambda service, s=session: s.client(service, endpoint_url=url)  # noqa: E731
+                emulator.bootstrap(client("ssm"))
+                images = client("ec2").describe_images(Owners=["amazon"])["Images"]
+                image_ids = {a: next(i["ImageId"] for i in images if i.get("Architecture") == a)
+                             for a in ("arm64", "x86_64")}
+                original = json.loads(stack.template_file.read_text())
+                emulator.seed_public_parameters(original, ACCOUNT, stack.region, image_ids)
+                emulator.publish_assets(stack, client("s3"), ACCOUNT)
+                template, skipped[stack.name] = emulator.adapt_for_emulator(original)
+                templates[stack.name] = original
+                statuses[stack.name] = emulator.create_stack(client("cloudformation"), client("s3"), stack, ACCOUNT,
+                                                             template)
+        moto_warnings = {str(w.message) for w in caught if "not supported by moto" in str(w.message)}
+        yield Deployed(url=url, out_dir=out_dir, statuses=statuses, skipped=skipped, warnings=moto_warnings,
+                       templates=templates)
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_every_stack_reaches_create_complete(deployed: Deployed):
+    assert set(deployed.statuses) == {"crossfleet-dev-us-east-1", "crossfleet-dev-us-east-2",
+                                      "crossfleet-dev-us-west-2"}
+    for name, status in deployed.statuses.items():
+        assert status["StackStatus"] == "CREATE_COMPLETE", (name, status.get("StackStatusReason"))
+
+
+def test_only_known_types_are_skipped_and_each_is_checked_by_template(deployed: Deployed):
+    for name, skipped in deployed.skipped.items():
+        assert set(skipped.values()) == EXPECTED_SKIPS, f"{name}: a new unsupported type needs a reason here"
+        template = deployed.templates[name]["Resources"]
+        # What the emulator could not create, asserted on the template instead:
+        placement = [r for r in template.values() if r["Type"] == "AWS::EC2::PlacementGroup"]
+        assert [p["Properties"]["Strategy"] for p in placement] == ["cluster"]
+        policies = [r for r in template.values() if r["Type"] == "AWS::SQS::QueuePolicy"]
+        assert len(policies) == 7 and all("aws:SecureTransport" in json.dumps(p) for p in policies)
+        bucket_policies = [r for r in template.values() if r["Type"] == "AWS::S3::BucketPolicy"]
+        assert len(bucket_policies) == 2 and all("aws:SecureTransport" in json.dumps(p) for p in bucket_policies)
+        hooks = [r["Properties"] for r in template.values() if r["Type"] == "AWS::AutoScaling::LifecycleHook"]
+        assert sorted(h["LifecycleTransition"] for h in hooks) == ["autoscaling:EC2_INSTANCE_TERMINATING"] * 2
+    unexpected = {w for w in deployed.warnings if not any(t in w for t in TOLERATED_WARNINGS)}
+    assert unexpected == set(), "moto skipped a resource type nobody has accounted for"
+
+
+def test_deployed_resources_have_the_properties_crossfleet_depends_on(deployed: Deployed):
+    for region in ("us-east-1", "us-east-2", "us-west-2"):
+        groups = {g["AutoScalingGroupName"]: g for g in deployed.client("autoscaling", region)
+                  .describe_auto_scaling_groups()["AutoScalingGroups"]}
+        cpu, gpu = groups[f"crossfleet-dev-{region}-cpu"], groups[f"crossfleet-dev-{region}-gpu"]
+        assert (cpu["MinSize"], cpu["MaxSize"], gpu["MinSize"], gpu["MaxSize"]) == (1, 20, 0, 4)
+        overrides = [o["InstanceType"] for o in cpu["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]]
+        assert overrides[0] == "m9g.16xlarge"
+        sqs = deployed.client("sqs", region)
+        urls = sqs.list_queues(QueueNamePrefix="crossfleet-dev")["QueueUrls"] + sqs.list_queues()["QueueUrls"]
+        redriven = [u for u in set(urls) if "RedrivePolicy" in sqs.get_queue_attributes(
+            QueueUrl=u, AttributeNames=["RedrivePolicy"]).get("Attributes", {})]
+        assert len(redriven) == 3, "cpu, gpu and intake queues each have a DLQ"
+        functions = {f["Handler"]: f for f in deployed.client("lambda", region).list_functions()["Functions"]}
+        template = deployed.templates[f"crossfleet-dev-{region}"]["Resources"]
+        for handler in ("crossfleet_control.rebalancer.handler", "crossfleet_control.router.handler"):
+            assert functions[handler]["Runtime"] == "python3.13"
+            # moto's CloudFormation drops Architectures (it reports x86_64): the template is the evidence.
+            (declared,) = [r["Properties"] for r in template.values()
+                           if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Handler") == handler]
+            assert declared["Architectures"] == ["arm64"]
+        rules = deployed.client("events", region).list_rules()["Rules"]
+        assert any(r.get("ScheduleExpression") == "rate(1 minute)" for r in rules)
+        tables = deployed.client("dynamodb", region).list_tables()["TableNames"]
+        assert len(tables) == 1
+        keys = deployed.client("dynamodb", region).describe_table(TableName=tables[0])["Table"]["KeySchema"]
+        assert [k["AttributeName"] for k in keys] == ["pk", "sk"]
+
+
+def _outputs(deployed: Deployed, region: str) -> dict[str, str]:
+    stack = deployed.client("cloudformation", region).describe_stacks(StackName=f"crossfleet-dev-{region}")
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Stacks"][0]["Outputs"]}
+
+
+def _function_env(deployed: Deployed, handler: str, variable: str) -> str:
+    functions = deployed.client("lambda").list_functions()["Functions"]
+    return next(f["Environment"]["Variables"][variable] for f in functions if f["Handler"] == handler)
+
+
+def _worker_settings(deployed: Deployed, pool: str) -> WorkerSettings:
+    """Read back the settings the launch template's user data would write on an instance."""
+    ec2 = deployed.client("ec2")
+    for template in ec2.describe_launch_templates()["LaunchTemplates"]:
+        version = ec2.describe_launch_template_versions(
+            LaunchTemplateId=template["LaunchTemplateId"])["LaunchTemplateVersions"][0]
+        script = base64.b64decode(version["LaunchTemplateData"]["UserData"]).decode()
+        text = script.split("<<'CROSSFLEET_SETTINGS'\n", 1)[1].split("\nCROSSFLEET_SETTINGS", 1)[0]
+        settings = json.loads(text)
+        if settings["pool"] == pool and settings["region"] == "us-east-1":
+            return WorkerSettings(**{**settings, "wait_seconds": 0, "retry_backoff_seconds": 0})
+    raise AssertionError(f"no launch template for {pool}")
+
+
+class EchoRunner:
+    def __init__(self) -> None:
+        self.runs: dict[str, int] = {}
+
+    def run(self, job: Any, payload: bytes) -> bytes:
+        self.runs[job.id] = self.runs.get(job.id, 0) + 1
+        return b'{"completion": "ok"}'
+
+
+@pytest.mark.skipif(not TRACE.exists(), reason="the shared Azure trace is not beside the repo")
+def test_jobs_flow_through_the_deployed_system(deployed: Deployed, tmp_path: Path, capsys):
+    outputs = _outputs(deployed, "us-east-1")
+    # A slice of the real trace as `either` inference jobs, plus CPU-only agent steps and GPU-only fine-tunes.
+    rows = TRACE.read_text().splitlines()[1:61]
+    jobs = [{"id": f"trace-{i}", "class": "inference", "placement": "either", "deadline_seconds": 120,
+             "size": {"input_tokens": int(r.split(",")[1]), "output_tokens": int(r.split(",")[2])},
+             "payload": {"prompt": "def f():"}} for i, r in enumerate(rows)]
+    jobs += [{"id": f"agent-{i}", "class": "agent", "placement": "cpu_only", "deadline_seconds": 60,
+              "size": {"cpu_seconds": 3}} for i in range(15)]
+    jobs += [{"id": f"tune-{i}", "class": "finetune", "placement": "gpu_only", "deadline_seconds": 3600,
+              "size": {"gpu_seconds": 600}} for i in range(5)]
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(json.dumps(j) for j in jobs))
+    # moto would hand intake messages to the deployed router Lambda, which it can only run in Docker; the
+    # router runs in-process below instead, so its event source mapping is switched off in the emulator.
+    lambdas = deployed.client("lambda")
+    for mapping in lambdas.list_event_source_mappings()["EventSourceMappings"]:
+        lambdas.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+    assert cli_main(["submit", str(path), "--region", "us-east-1", "--endpoint-url", deployed.url]) == 0
+    assert "80 submitted, 0 invalid, 0 failed" in capsys.readouterr().err
+
+    # The router, with the settings the deployed Lambda has, fed the way its SQS event source feeds it.
+    router = build_router(RouterSettings.from_json(
+        _function_env(deployed, "crossfleet_control.router.handler", "CROSSFLEET_ROUTER_SETTINGS")))
+    sqs = deployed.client("sqs")
+    while messages := sqs.receive_message(QueueUrl=outputs["IntakeQueueUrl"],
+                                          MaxNumberOfMessages=10).get("Messages", []):
+        result = router.route_batch([{"messageId": m["MessageId"], "body": m["Body"]} for m in messages])
+        assert result["batchItemFailures"] == []
+        for message in messages:
+            sqs.delete_message(QueueUrl=outputs["IntakeQueueUrl"], ReceiptHandle=message["ReceiptHandle"])
+
+    # The rebalancer on a simulated clock, with the deployed settings.
+    settings = Settings.from_json(_function_env(deployed, "crossfleet_control.rebalancer.handler",
+                                                "CROSSFLEET_SETTINGS"))
+    deps = build_dependencies(settings)
+    clock = [time.time()]
+    deps.clock = deps.state.clock = lambda: clock[0]
+    autoscaling = deployed.client("autoscaling")
+
+    def desired() -> dict[str, int]:
+        groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[
+            settings.pools["cpu"].group_name, settings.pools["gpu"].group_name])["AutoScalingGroups"]
+        return {g["AutoScalingGroupName"].rsplit("-", 1)[1]: g["DesiredCapacity"] for g in groups}
+
+    start = desired()
+    run_cycle(deps, {}, holder="tick-0", remaining_ms=lambda: 50_000)
+    under_backlog = desired()
+    assert under_backlog["gpu"] > start["gpu"] == 0, "the GPU pool scales up from zero under its backlog"
+
+    # Worker agents with the settings the launch templates install, and a fast runner.
+    runners = {pool: EchoRunner() for pool in ("cpu", "gpu")}
+    ledger = Ledger(deployed.client("dynamodb"), settings.table_name)
+    agents = [Agent(settings=_worker_settings(deployed, pool), sqs=deployed.client("sqs"), s3=deployed.client("s3"),
+                    autoscaling=deployed.client("autoscaling"), ledger=ledger, runner=runners[pool],
+                    owner=f"i-{pool}-{n}", log=lambda _: None) for pool in ("cpu", "gpu") for n in range(2)]
+    for _ in range(20):
+        if not any([agent.poll_once(wait_seconds=0) for agent in agents]):
+            break
+
+    for minute in range(1, 16):  # idle now: back to min after the scale-in delay
+        clock[0] += 60
+        run_cycle(deps, {}, holder=f"tick-{minute}", remaining_ms=lambda: 50_000)
+    assert desired() == {"cpu": settings.pools["cpu"].min_size, "gpu": settings.pools["gpu"].min_size}
+
+    for job in jobs:
+        head = ledger.head(job["id"])
+        assert head["status"] == "succeeded", job["id"]
+        history = [h["status"] for h in ledger.history(job["id"])]
+        assert history.count("succeeded") == 1 and history[0] == "queued"
+        ran_on = head["pool"]
+        assert ran_on in {"cpu_only": ["cpu"], "gpu_only": ["gpu"], "either": ["cpu", "gpu"]}[job["placement"]]
+        assert runners[ran_on].runs[job["id"]] == 1, "exactly once"
+    decisions = deps.state.recent_decisions(20)
+    changed = [d for d in decisions if any(p["current"] != p["desired"] for p in d["pools"].values())]
+    assert changed and all(p["reason"] for d in changed for p in d["pools"].values())
