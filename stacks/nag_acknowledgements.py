@@ -56,8 +56,9 @@ def acknowledge_findings(stack: Stack) -> None:
     _ack(stack, f"{base}/Results/AccessLogs/Resource", "AwsSolutions-S1",
          "This bucket receives the results bucket's server access logs; logging the log bucket would recurse.")
     _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
-         "DescribeAutoScalingGroups and DescribeScalingActivities support no resource-level permissions, and the "
-         "only other '*' statement is the Deny on retagging groups.", applies_to=["Resource::*"])
+         "DescribeAutoScalingGroups, DescribeScalingActivities and cloudwatch:GetMetricData (queue ages) support "
+         "no resource-level permissions; the only other '*' statement is the Deny on retagging groups.",
+         applies_to=["Resource::*"])
 
 
 def _ack(stack: Stack, path: str, rule: str, reason: str, *,

@@ -149,7 +149,7 @@ def test_near_the_deadline_the_cycle_sizes_but_starts_no_queue_work(region: Regi
 
 
 # What one busy cycle cost on this fixture (200-message move budget); the README quotes it.
-MEASURED_CALLS_PER_CYCLE = 65
+MEASURED_CALLS_PER_CYCLE = 66
 
 
 @pytest.mark.parametrize("queued", [1_000, 100_000])
@@ -160,7 +160,7 @@ def test_api_calls_per_cycle_are_bounded_and_do_not_grow_with_the_queue(queued: 
         urls = {pool: s.queue_url for pool, s in region.settings.pools.items()}
         fake = FakeSqs({urls["gpu"]: queued, urls["cpu"]: 0}, submitted_at=time.time())
         deps.queues.client = fake
-        aws_calls = count_calls(deps.fleets.client, deps.state.client)
+        aws_calls = count_calls(deps.fleets.client, deps.state.client, deps.ages.client)
         result = run_cycle(deps, {}, holder="count", remaining_ms=lambda: 50_000)
         total = sum(aws_calls.values()) + sum(fake.calls.values())
         assert result["moves_decided"] > 0

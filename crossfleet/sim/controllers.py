@@ -6,15 +6,14 @@ import itertools
 import math
 import zlib
 from collections.abc import Callable
-from dataclasses import replace
 
 from crossfleet.sim.engine import JobRecord, Pool, Simulation
 from crossfleet_control import policy
 from crossfleet_control.policy_types import ControllerMemory, Observation, PolicySettings, QueuedJob
 
 # What the Lambda's cycle costs in AWS calls, as measured in tests/test_rebalancer_faults.py: an idle cycle
-# makes 11; each 10 sampled messages add a receive, and each 10 moved or released add a send+delete or a release.
-IDLE_CYCLE_CALLS = 11
+# makes 12; each 10 sampled messages add a receive, and each 10 moved or released add a send+delete or a release.
+IDLE_CYCLE_CALLS = 12
 
 
 class CrossfleetPolicy:
@@ -31,8 +30,7 @@ class CrossfleetPolicy:
 
     def control(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> None:
         specs = {name: pool.spec for name, pool in pools.items()}
-        # The Lambda does not read the oldest message's age (a CloudWatch metric): neither does this.
-        telemetry = {name: replace(pool.telemetry(now), oldest_age_seconds=None) for name, pool in pools.items()}
+        telemetry = {name: pool.telemetry(now) for name, pool in pools.items()}
         observation = Observation(now=now, pools=telemetry)
         calls = IDLE_CYCLE_CALLS
         sampled: dict[str, list[JobRecord]] = {}

@@ -132,7 +132,7 @@ class Pool:
         recent = sum(1 for t in self.failed_launches if t > now - LAUNCH_FAILURE_WINDOW)
         return PoolTelemetry(
             visible=len(self.queue), in_flight=self.in_flight(now),
-            oldest_age_seconds=(now - self.queue[0].arrived) if self.queue else 0.0, desired=self.desired,
+            oldest_age_seconds=(now - self.queue[0].enqueued) if self.queue else 0.0, desired=self.desired,
             in_service=sum(1 for i in live if i.ready_at <= now), pending=sum(1 for i in live if i.ready_at > now),
             failed_launches=recent)
 

@@ -155,6 +155,41 @@ class SqsQueues:
         return done
 
 
+@dataclass
+class QueueAges:
+    """The age of each pool queue's oldest message: a CloudWatch metric (SQS exposes no API for it)."""
+
+    client: Any
+    queue_names: Mapping[str, str]
+    on_error: ErrorSink
+    window_seconds: int = 300
+
+    def oldest_ages(self, now: float) -> dict[str, float | None]:
+        """One GetMetricData call for every pool; a pool with no recent datapoint is unknown (None)."""
+        import datetime
+
+        queries = [{"Id": f"age{i}", "ReturnData": True, "MetricStat": {
+            "Metric": {"Namespace": "AWS/SQS", "MetricName": "ApproximateAgeOfOldestMessage",
+                       "Dimensions": [{"Name": "QueueName", "Value": name}]},
+            "Period": 60, "Stat": "Maximum"}} for i, name in enumerate(self.queue_names.values())]
+        ages: dict[str, float | None] = {pool: None for pool in self.queue_names}
+        try:
+            results = self.client.get_metric_data(
+                MetricDataQueries=queries,
+                StartTime=datetime.datetime.fromtimestamp(now - self.window_seconds, tz=datetime.UTC),
+                EndTime=datetime.datetime.fromtimestamp(now, tz=datetime.UTC), ScanBy="TimestampDescending",
+            )["MetricDataResults"]
+        except AwsError as error:
+            self.on_error("cloudwatch.get_metric_data", error)
+            return ages
+        pools = list(self.queue_names)
+        for result in results:
+            values = result.get("Values", [])
+            if values:
+                ages[pools[int(result["Id"][3:])]] = float(values[0])
+        return ages
+
+
 @dataclass(frozen=True)
 class GroupTelemetry:
     desired: int | None

@@ -21,6 +21,7 @@ from crossfleet_control.adapters import (
     ControllerState,
     LeaseLost,
     MalformedMessage,
+    QueueAges,
     ReceivedJob,
     SqsQueues,
 )
@@ -43,6 +44,7 @@ class Dependencies:
     state: ControllerState
     metrics: MetricsRecorder
     ledger: Ledger | None = None
+    ages: QueueAges | None = None
     clock: Callable[[], float] = time.time
 
 
@@ -70,6 +72,8 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
         state=ControllerState(dynamodb, settings.table_name, settings.region),
         metrics=metrics,
         ledger=Ledger(dynamodb, settings.table_name),
+        ages=QueueAges(session.client("cloudwatch", config=config),
+                       {p: s.queue_url.rsplit("/", 1)[-1] for p, s in settings.pools.items()}, on_error),
     )
 
 
@@ -129,6 +133,7 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         return {"status": "held", "reason": f"could not read controls: {error}"}
 
     groups = deps.fleets.telemetry()
+    ages = deps.ages.oldest_ages(now) if deps.ages else {}
     telemetry = {}
     for pool in specs:
         queue = deps.queues.telemetry(pool)
@@ -138,7 +143,7 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
             # Failure case 22: a group that lost or never had our tag is not ours to size.
             metrics.add("Errors", 1, Operation="foreign_group")
         telemetry[pool] = PoolTelemetry(
-            visible=queue.visible, in_flight=queue.in_flight, oldest_age_seconds=None,
+            visible=queue.visible, in_flight=queue.in_flight, oldest_age_seconds=ages.get(pool),
             desired=group.desired if tag_ok else None, in_service=group.in_service if tag_ok else None,
             pending=group.pending, failed_launches=deps.fleets.failed_launches(pool, now))
     observation = Observation(now=now, pools=telemetry, overrides=overrides)
@@ -292,13 +297,14 @@ def _emit(metrics: MetricsRecorder, observation: Observation, decision: Decision
 def api_call_bound(settings: Settings) -> int:
     """Most AWS calls one cycle can make (documented in the README; asserted in tests).
 
-    Fixed: lease take + release (2), controls query (1), group describe (1), per pool queue attributes and
+    Fixed: lease take + release (2), controls query (1), oldest-message ages (1), group describe (1), per pool
+    queue attributes and
     scaling activities (2 each), lease check before acting (1), desired capacity per pool (1 each), memory
     and decision writes (2). Moves: per 10 sampled messages one receive, one send, one delete or release;
     per 25 moves one ledger batch write; per malformed message a DLQ send and a delete.
     """
     pools = len(settings.pools)
-    fixed = 2 + 1 + 1 + 2 * pools + 1 + pools + 2
+    fixed = 2 + 1 + 1 + 1 + 2 * pools + 1 + pools + 2
     batches = math.ceil(settings.policy.move_budget / 10) + len(settings.pools)
     ledger_writes = math.ceil(settings.policy.move_budget / 25) + len(settings.pools)
     return fixed + 4 * batches + ledger_writes + 2 * settings.policy.move_budget

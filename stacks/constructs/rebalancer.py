@@ -78,5 +78,9 @@ class Rebalancer(Construct):
             # Describe calls do not support resource-level permissions.
             resources=["*"]))
         role.add_to_policy(iam.PolicyStatement(
+            sid="ReadQueueAgeMetrics", actions=["cloudwatch:GetMetricData"],
+            # GetMetricData supports no resource-level permissions; it reads metrics only.
+            resources=["*"]))
+        role.add_to_policy(iam.PolicyStatement(
             sid="NeverRetagGroups", effect=iam.Effect.DENY,
             actions=["autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"], resources=["*"]))
