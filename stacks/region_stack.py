@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from aws_cdk import Arn, ArnComponents, ArnFormat, CfnOutput, Environment, Stack, Tags
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from crossfleet.config.model import AppConfig, RegionConfig
+from crossfleet.config.offerings import offerings
+from crossfleet_control.service_model import profile_for
 from stacks.constructs.accelerator_cluster import AcceleratorCluster
 from stacks.constructs.graviton_fleet import GravitonFleet
 from stacks.constructs.intake_router import IntakeRouter
+from stacks.constructs.monitoring import Monitoring, PoolView, global_widgets
 from stacks.constructs.network import Network
 from stacks.constructs.rebalancer import DEPLOYMENT_TAG, Rebalancer
 from stacks.constructs.results_bucket import ResultsBucket
@@ -96,11 +100,34 @@ class RegionStack(Stack):
                     arn_format=ArnFormat.COLON_RESOURCE_NAME), self)],
                 conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
 
+        table = offerings()
+        primary = {"cpu": region.graviton_fleet.instance_types[0], "gpu": region.accelerator_cluster.instance_types[0]}
+        profiles = {pool: profile_for(t, vcpus=table[t].vcpus, accelerators=table[t].accelerator_count)
+                    for pool, t in primary.items()}
+        self.monitoring = Monitoring(
+            self, "Monitoring", config=config.monitoring, deployment=deployment, region=name,
+            pools=[PoolView(name=pool, group_name=group_names[pool], queue=self.queues.pools[pool].queue,
+                            dead_letter_queue=self.queues.pools[pool].dead_letter_queue,
+                            price_per_hour=profiles[pool].on_demand_per_hour, watts=profiles[pool].watts)
+                   for pool in POOLS],
+            intake_dead_letters=self.queues.intake.dead_letter_queue, rejects=self.queues.rejects,
+            rebalancer=self.rebalancer.function)
+        if name == config.regions[0].region:
+            # The global view lives with the first configured region.
+            cloudwatch.Dashboard(self, "GlobalDashboard", dashboard_name=f"{deployment}-global",
+                                 widgets=[global_widgets(deployment, {
+                                     r.region: [(pool, f"{deployment}-{r.region}-{pool}") for pool in POOLS]
+                                     for r in config.regions})])
+
         # What the CLI and producers look up (crossfleet submit reads these).
         CfnOutput(self, "IntakeQueueUrl", value=self.queues.intake.queue.queue_url)
         CfnOutput(self, "RejectsQueueUrl", value=self.queues.rejects.queue_url)
         CfnOutput(self, "StateTableName", value=self.state.table.table_name)
         CfnOutput(self, "ResultsBucketName", value=self.results.bucket.bucket_name)
+        CfnOutput(self, "RebalancerFunctionName", value=self.rebalancer.function.function_name)
+        CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
+        for pool in POOLS:
+            CfnOutput(self, f"{pool.capitalize()}QueueUrl", value=self.queues.pools[pool].queue.queue_url)
 
         # Cost allocation: every taggable resource says which deployment, stage and region it belongs to.
         for key, value in (("crossfleet:app", config.name), ("crossfleet:stage", config.stage),

@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_inference_2023_code.csv"
 # What moto still warns about after the emulator shim, and why that is fine.
 TOLERATED_WARNINGS = {"AWS::CDK::Metadata": "CDK's own analytics metadata resource: nothing to emulate"}
-EXPECTED_SKIPS = set(emulator.EMULATOR_SKIPS)
+# The default app configures no alarm emails, so it has no SNS subscriptions to skip.
+EXPECTED_SKIPS = set(emulator.EMULATOR_SKIPS) - {"AWS::SNS::Subscription"}
 
 
 @dataclass
@@ -116,6 +117,13 @@ def test_only_known_types_are_skipped_and_each_is_checked_by_template(deployed: 
         assert len(bucket_policies) == 2 and all("aws:SecureTransport" in json.dumps(p) for p in bucket_policies)
         hooks = [r["Properties"] for r in template.values() if r["Type"] == "AWS::AutoScaling::LifecycleHook"]
         assert sorted(h["LifecycleTransition"] for h in hooks) == ["autoscaling:EC2_INSTANCE_TERMINATING"] * 2
+        alarms = [r["Properties"] for r in template.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+        assert len(alarms) == 11 and all(a["AlarmActions"] for a in alarms), "every alarm notifies the topic"
+        keys = [r["Properties"] for r in template.values() if r["Type"] == "AWS::KMS::Key"]
+        assert [k["EnableKeyRotation"] for k in keys] == [True]
+        assert "cloudwatch.amazonaws.com" in json.dumps(keys[0]["KeyPolicy"])
+        topic_policies = [r for r in template.values() if r["Type"] == "AWS::SNS::TopicPolicy"]
+        assert len(topic_policies) == 1 and "aws:SecureTransport" in json.dumps(topic_policies[0])
     unexpected = {w for w in deployed.warnings if not any(t in w for t in TOLERATED_WARNINGS)}
     assert unexpected == set(), "moto skipped a resource type nobody has accounted for"
 

@@ -239,7 +239,7 @@ def test_rebalancer_may_size_only_this_deployments_groups_and_never_retag_them(
     deny = [s for s in statements if s["Effect"] == "Deny"]
     assert deny and set(_as_list(deny[0]["Action"])) == {"autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"}
     wildcard_allows = [s for s in statements if s["Effect"] == "Allow" and s["Resource"] == "*"]
-    assert all(set(_as_list(s["Action"])) <= {"autoscaling:DescribeAutoScalingGroups",
+    assert all(set(_as_list(s["Action"])) <= {"autoscaling:DescribeAutoScalingGroups", "cloudwatch:GetMetricData",
                                               "autoscaling:DescribeScalingActivities"} for s in wildcard_allows)
     sqs_actions = {a for s in statements for a in _as_list(s["Action"]) if a.startswith("sqs:")}
     assert "sqs:DeleteQueue" not in sqs_actions and "sqs:SetQueueAttributes" not in sqs_actions

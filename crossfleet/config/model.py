@@ -139,6 +139,13 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    alarm_emails: tuple[str, ...]
+    oldest_job_alarm_seconds: int  # a queued job older than this pages
+    shortage_alarm_minutes: int  # failed launches for this many minutes in a row page
+
+
+@dataclass(frozen=True)
 class RegionConfig:
     region: str
     availability_zones: tuple[str, ...]
@@ -157,6 +164,7 @@ class AppConfig:
     state: StateConfig
     rebalancer: RebalancerConfig
     worker: WorkerConfig
+    monitoring: MonitoringConfig
 
     @property
     def prefix(self) -> str:
@@ -168,7 +176,7 @@ class AppConfig:
 
 
 _TOP_KEYS = ("name", "stage", "account", "regions", "network", "graviton_fleet", "accelerator_cluster",
-             "queues", "state", "rebalancer", "worker")
+             "queues", "state", "rebalancer", "worker", "monitoring")
 _REGION_KEYS = ("region", "availability_zones", "graviton_fleet", "accelerator_cluster")
 _GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_size",
                   "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib")
@@ -205,6 +213,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
         queues=_queues(top.get("queues")), state=_state(top.get("state")),
         rebalancer=parse_rebalancer(top.get("rebalancer")),
         worker=_worker(top.get("worker")),
+        monitoring=_monitoring(top.get("monitoring")),
     )
 
 
@@ -441,3 +450,16 @@ def _worker(raw: Any) -> WorkerConfig:
         heartbeat_seconds=p.integer(s, path, "heartbeat_seconds", 60, minimum=5, maximum=3600),
         drain_seconds=p.integer(s, path, "drain_seconds", 900, minimum=30, maximum=7200),
     )
+
+
+def _monitoring(raw: Any) -> MonitoringConfig:
+    path = "monitoring"
+    s = p.section(raw, path, ("alarm_emails", "oldest_job_alarm_seconds", "shortage_alarm_minutes"))
+    emails = p.string_list(s, path, "alarm_emails", (), allow_empty=True)
+    for i, email in enumerate(emails):
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+            raise ConfigError(p.join(p.join(path, "alarm_emails"), i), email, "an email address")
+    return MonitoringConfig(
+        alarm_emails=emails,
+        oldest_job_alarm_seconds=p.integer(s, path, "oldest_job_alarm_seconds", 900, minimum=60, maximum=86400),
+        shortage_alarm_minutes=p.integer(s, path, "shortage_alarm_minutes", 15, minimum=1, maximum=1440))

@@ -282,6 +282,8 @@ def _emit(metrics: MetricsRecorder, observation: Observation, decision: Decision
     for pool, telemetry in observation.pools.items():
         if telemetry.visible is not None:
             metrics.put("Backlog", telemetry.visible + (telemetry.in_flight or 0), Pool=pool)
+        if telemetry.failed_launches is not None:
+            metrics.put("FailedLaunches", telemetry.failed_launches, Pool=pool)
         pool_decision = decision.pools[pool]
         if pool_decision.desired is not None:
             metrics.put("DesiredCapacity", pool_decision.desired, Pool=pool)

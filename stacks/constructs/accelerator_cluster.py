@@ -52,7 +52,9 @@ class AcceleratorCluster(Construct):
             availability_zones=[availability_zones[0]] if config.placement_group else None,
         )
         common = dict(auto_scaling_group_name=group_name, vpc=vpc, vpc_subnets=subnets,
-                      min_capacity=config.min_size, max_capacity=config.max_size)
+                      min_capacity=config.min_size, max_capacity=config.max_size,
+                      # In-service and pending counts for the dashboards (free for one-minute group metrics).
+                      group_metrics=[autoscaling.GroupMetrics.all()])
         if pinned_type is not None:
             self.group = autoscaling.AutoScalingGroup(self, "Group", launch_template=self.instances.launch_template,
                                                       **common)

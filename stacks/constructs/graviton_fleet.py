@@ -45,6 +45,8 @@ class GravitonFleet(Construct):
             min_capacity=config.min_size,
             max_capacity=config.max_size,
             capacity_rebalance=True,
+            # In-service and pending counts for the dashboards (free for one-minute group metrics).
+            group_metrics=[autoscaling.GroupMetrics.all()],
             # Graviton5 first, then the fallbacks; On-Demand base, Spot above it.
             mixed_instances_policy=prioritized_mixed_policy(
                 self.instances.launch_template, config.all_instance_types,
