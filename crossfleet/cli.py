@@ -42,6 +42,33 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--endpoint-url", help="AWS endpoint override, e.g. a local emulator")
     job.add_argument("--json", action="store_true")
 
+    def live(name: str, help_text: str, *, pool: bool = False, regions: bool = False) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text)
+        if pool:
+            command.add_argument("pool", help="cpu (Graviton) or gpu (accelerators)")
+        if regions:
+            command.add_argument("--region", action="append", help="a region (repeat; default: all configured)")
+        else:
+            command.add_argument("--region", default="us-east-1")
+        command.add_argument("--stack", help="region stack name (default: NAME-STAGE-REGION from cdk.json)")
+        command.add_argument("--endpoint-url", help="AWS endpoint override, e.g. a local emulator")
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+        return command
+
+    live("status", "live state of every pool in the configured regions", regions=True)
+    explain = live("explain", "the rebalancer's recent decisions with their reasons")
+    explain.add_argument("--last", type=int, default=5)
+    live("plan", "what the rebalancer would do now (changes nothing)")
+    freeze = live("freeze", "stop the rebalancer from resizing a pool or moving its jobs", pool=True)
+    freeze.add_argument("--note", default="", help="why (shown in status and the decision log)")
+    live("unfreeze", "clear a freeze or pin on a pool", pool=True)
+    pin = live("pin", "hold a pool at a desired capacity", pool=True)
+    pin.add_argument("desired", type=int)
+    pin.add_argument("--note", default="")
+    drain = live("drain", "take a pool down to its minimum and keep it there (new either-work goes elsewhere)",
+                 pool=True)
+    drain.add_argument("--note", default="drained by operator")
+
     bench = commands.add_parser("bench", help="run every policy and the offline lower bound on a scenario")
     bench.add_argument("--scenario", required=True)
     bench.add_argument("--trace")
@@ -66,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return _submit(args)
     if args.command == "job":
         return _job(args)
+    if args.command in OPERATOR_COMMANDS:
+        return _operate(args)
     try:
         scenario = _scenario(args)
     except ConfigError as error:
@@ -184,3 +213,94 @@ def _job(args: argparse.Namespace) -> int:
         status = event.pop("status")
         print(f"  {stamp}  {status:<14} {json.dumps(event, sort_keys=True)}")
     return EXIT_OK
+
+
+OPERATOR_COMMANDS = ("status", "explain", "plan", "freeze", "unfreeze", "pin", "drain")
+
+
+def _operate(args: argparse.Namespace) -> int:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    from crossfleet import ops
+
+    session = boto3.session.Session()
+    regions = (args.region or _configured_regions()) if args.command == "status" else [args.region]
+    try:
+        views = [ops.region_view(session, r, args.stack or _default_stack_name(r), args.endpoint_url)
+                 for r in regions]
+        if args.command == "status":
+            rows = [row for view in views for row in ops.status(view)]
+            print(json.dumps(rows, indent=2) if args.json else _table(rows, (
+                "region", "pool", "instance_type", "desired", "in_service", "pending", "min", "max", "queued",
+                "in_flight", "override", "last_reason")))
+            return EXIT_OK
+        view = views[0]
+        if args.command == "explain":
+            decisions = view.state.recent_decisions(args.last)
+            if args.json:
+                print(json.dumps(decisions, indent=2, sort_keys=True))
+            for decision in [] if args.json else decisions:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(decision["at"]))
+                print(f"{stamp} {decision['mode']}: {len(decision['moves'])} moves")
+                for pool, pool_decision in decision["pools"].items():
+                    print(f"  {pool}: {pool_decision['current']} -> {pool_decision['desired']}: "
+                          f"{pool_decision['reason']}")
+            return EXIT_OK
+        if args.command == "plan":
+            planned = ops.plan(view)
+            if args.json:
+                print(json.dumps(planned, indent=2, sort_keys=True))
+            else:
+                for pool, pool_decision in planned["pools"].items():
+                    print(f"{pool}: {pool_decision['current']} -> {pool_decision['desired']}: "
+                          f"{pool_decision['reason']}")
+                print("(nothing was changed)")
+            return EXIT_OK
+        ops.check_pool(view, args.pool)
+        state = view.state
+        if args.command == "freeze":
+            state.set_override(args.pool, frozen=True, note=args.note)
+        elif args.command == "unfreeze":
+            state.clear_override(args.pool)
+        elif args.command == "pin":
+            if args.desired < 0:
+                print("crossfleet pin: desired must be 0 or more", file=sys.stderr)
+                return EXIT_USAGE
+            state.set_override(args.pool, pinned_desired=args.desired, note=args.note)
+        elif args.command == "drain":
+            # Pinned at zero: the policy clamps it to the group's minimum; the router avoids it for either-work.
+            state.set_override(args.pool, pinned_desired=0, note=args.note)
+        print(json.dumps({"region": view.region, "pool": args.pool, "command": args.command}) if args.json
+              else f"{args.command}: {args.pool} in {view.region} (takes effect at the next rebalancer cycle)")
+        return EXIT_OK
+    except NoCredentialsError:
+        print(f"crossfleet {args.command}: no AWS credentials found (set AWS_PROFILE or run `aws configure`)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    except ops.DeploymentMissing as missing:
+        print(f"crossfleet {args.command}: {missing}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as error:
+        print(f"crossfleet {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BotoCoreError, ClientError) as error:
+        print(f"crossfleet {args.command}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _configured_regions() -> list[str]:
+    from crossfleet.config import parse_config
+
+    root = Path(__file__).resolve().parents[1]
+    context = json.loads((root / "cdk.json").read_text()).get("context", {}) if (root / "cdk.json").exists() else {}
+    return [r.region for r in parse_config(context.get("crossfleet")).regions]
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns[:-1]}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns[:-1]) + "  " + columns[-1]]
+    for row in rows:
+        lines.append("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns[:-1])
+                     + "  " + str(row.get(columns[-1], ""))[:80])
+    return "\n".join(lines)

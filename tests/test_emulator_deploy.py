@@ -267,3 +267,77 @@ def test_jobs_flow_through_the_deployed_system(deployed: Deployed, tmp_path: Pat
     decisions = deps.state.recent_decisions(20)
     changed = [d for d in decisions if any(p["current"] != p["desired"] for p in d["pools"].values())]
     assert changed and all(p["reason"] for d in changed for p in d["pools"].values())
+
+
+# -- the operator's CLI against the deployed system ------------------------------------------------------------
+
+def _cli_json(deployed: Deployed, capsys, *args: str) -> Any:
+    assert cli_main([*args, "--endpoint-url", deployed.url, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_status_shows_every_pool_of_every_configured_region(deployed: Deployed, capsys):
+    rows = _cli_json(deployed, capsys, "status")
+    assert {(r["region"], r["pool"]) for r in rows} == {(region, pool) for region in
+                                                        ("us-east-1", "us-east-2", "us-west-2")
+                                                        for pool in ("cpu", "gpu")}
+    groups = {g["AutoScalingGroupName"]: g for g in deployed.client("autoscaling").describe_auto_scaling_groups()[
+        "AutoScalingGroups"]}
+    for row in rows:
+        if row["region"] == "us-east-1":
+            assert row["desired"] == groups[f"crossfleet-dev-us-east-1-{row['pool']}"]["DesiredCapacity"]
+            assert row["instance_type"] == {"cpu": "m9g.16xlarge", "gpu": "p5.48xlarge"}[row["pool"]]
+    assert cli_main(["status", "--endpoint-url", deployed.url]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["region", "pool", "instance_type", "desired"] and len(table) == 7
+
+
+def test_plan_changes_nothing_and_explain_shows_reasons(deployed: Deployed, capsys):
+    state_before = deployed.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    decisions_before = _cli_json(deployed, capsys, "explain", "--last", "50")
+    planned = _cli_json(deployed, capsys, "plan")
+    assert set(planned["pools"]) == {"cpu", "gpu"} and all(p["reason"] for p in planned["pools"].values())
+    assert _cli_json(deployed, capsys, "explain", "--last", "50") == decisions_before, "plan records nothing"
+    state_after = deployed.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert [g["DesiredCapacity"] for g in state_after] == [g["DesiredCapacity"] for g in state_before]
+    assert decisions_before and all(p["reason"] for d in decisions_before for p in d["pools"].values())
+
+
+def test_freeze_pin_and_drain_are_honoured_by_the_next_cycle(deployed: Deployed, capsys):
+    settings = Settings.from_json(_function_env(deployed, "crossfleet_control.rebalancer.handler",
+                                                "CROSSFLEET_SETTINGS"))
+    deps = build_dependencies(settings)
+    deps.clock = deps.state.clock = lambda: time.time() + 3600  # after the flow test's simulated hour
+
+    def cycle() -> dict[str, Any]:
+        run_cycle(deps, {}, holder=f"ops-{time.monotonic()}", remaining_ms=lambda: 50_000)
+        return deps.state.recent_decisions(1)[0]
+
+    assert cli_main(["freeze", "cpu", "--note", "kernel patching", "--endpoint-url", deployed.url]) == 0
+    assert "takes effect at the next rebalancer cycle" in capsys.readouterr().out
+    assert cycle()["pools"]["cpu"]["reason"] == "frozen by operator: kernel patching"
+    assert {r["pool"]: r["override"] for r in _cli_json(deployed, capsys, "status", "--region", "us-east-1")} == {
+        "cpu": "frozen", "gpu": ""}
+    assert cli_main(["pin", "gpu", "2", "--endpoint-url", deployed.url]) == 0
+    decision = cycle()
+    assert decision["pools"]["gpu"]["desired"] == 2 and "pinned at 2 by operator" in decision["pools"]["gpu"]["reason"]
+    assert cli_main(["drain", "gpu", "--endpoint-url", deployed.url]) == 0
+    assert cycle()["pools"]["gpu"]["desired"] == 0
+    for pool in ("cpu", "gpu"):
+        assert cli_main(["unfreeze", pool, "--endpoint-url", deployed.url]) == 0
+    assert "operator" not in json.dumps(cycle()["pools"])
+    capsys.readouterr()
+
+
+def test_operator_commands_fail_clearly(deployed: Deployed, capsys, monkeypatch, tmp_path):
+    assert cli_main(["freeze", "tpu", "--endpoint-url", deployed.url]) == 2
+    assert "pool 'tpu': one of cpu, gpu" in capsys.readouterr().err
+    assert cli_main(["status", "--region", "us-west-1", "--endpoint-url", deployed.url]) == 1
+    assert "no stack crossfleet-dev-us-west-1 in us-west-1: deploy it first" in capsys.readouterr().err
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert cli_main(["explain", "--endpoint-url", deployed.url]) == 1
+    assert "no AWS credentials found" in capsys.readouterr().err

@@ -121,6 +121,39 @@ def run_cycle(deps: Dependencies, event: dict[str, Any], *, holder: str,
         metrics.flush()
 
 
+def observe(deps: Dependencies, now: float, overrides: dict[str, Any]) -> Observation:
+    """Everything the policy sees, read fresh from AWS (failure case 9: AWS is the source of truth)."""
+    settings, metrics = deps.settings, deps.metrics
+    groups = deps.fleets.telemetry()
+    ages = deps.ages.oldest_ages(now) if deps.ages else {}
+    telemetry = {}
+    for pool in settings.pools:
+        queue = deps.queues.telemetry(pool)
+        group = groups[pool]
+        tag_ok = group.deployment_tag == settings.deployment
+        if group.desired is not None and not tag_ok:
+            # Failure case 22: a group that lost or never had our tag is not ours to size.
+            metrics.add("Errors", 1, Operation="foreign_group")
+        telemetry[pool] = PoolTelemetry(
+            visible=queue.visible, in_flight=queue.in_flight, oldest_age_seconds=ages.get(pool),
+            desired=group.desired if tag_ok else None, in_service=group.in_service if tag_ok else None,
+            pending=group.pending, failed_launches=deps.fleets.failed_launches(pool, now))
+    return Observation(now=now, pools=telemetry, overrides=overrides)
+
+
+def plan(deps: Dependencies) -> dict[str, Any]:
+    """What the policy would do now, without the lease, sampling, writes or actions (`crossfleet plan`)."""
+    memory, overrides = deps.state.load_controls()
+    observation = observe(deps, deps.clock(), overrides)
+    specs = deps.settings.specs()
+    decision = policy.decide(observation, specs, deps.settings.policy, memory)
+    sampling = policy.plan_sampling(observation, specs, deps.settings.policy)
+    return {"at": observation.now, "observation": {p: asdict(t) for p, t in observation.pools.items()},
+            "overrides": {p: asdict(o) for p, o in overrides.items()},
+            "pools": {p: asdict(d) for p, d in decision.pools.items()},
+            "would_sample": [asdict(r) for r in sampling]}
+
+
 def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], float]) -> dict[str, Any]:
     settings, metrics = deps.settings, deps.metrics
     specs = settings.specs()
@@ -132,22 +165,7 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         metrics.add("Errors", 1, Operation="dynamodb.load_controls")
         return {"status": "held", "reason": f"could not read controls: {error}"}
 
-    groups = deps.fleets.telemetry()
-    ages = deps.ages.oldest_ages(now) if deps.ages else {}
-    telemetry = {}
-    for pool in specs:
-        queue = deps.queues.telemetry(pool)
-        group = groups[pool]
-        tag_ok = group.deployment_tag == settings.deployment
-        if group.desired is not None and not tag_ok:
-            # Failure case 22: a group that lost or never had our tag is not ours to size.
-            metrics.add("Errors", 1, Operation="foreign_group")
-        telemetry[pool] = PoolTelemetry(
-            visible=queue.visible, in_flight=queue.in_flight, oldest_age_seconds=ages.get(pool),
-            desired=group.desired if tag_ok else None, in_service=group.in_service if tag_ok else None,
-            pending=group.pending, failed_launches=deps.fleets.failed_launches(pool, now))
-    observation = Observation(now=now, pools=telemetry, overrides=overrides)
-
+    observation = observe(deps, now, overrides)
     # Sample move candidates only where the policy sees a reason to.
     received: list[ReceivedJob] = []
     malformed: list[MalformedMessage] = []

@@ -1,0 +1,112 @@
+"""Operator actions on a live deployment: read state, explain decisions, plan, freeze, pin and drain pools.
+
+Everything is found from the region stack's outputs, so the commands need only the stack name (by default
+NAME-STAGE-REGION from cdk.json) and credentials for the account.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from crossfleet_control.adapters import ControllerState
+
+
+class DeploymentMissing(LookupError):
+    """The region has no crossfleet stack by that name (not deployed, wrong stage or account)."""
+
+
+@dataclass
+class RegionView:
+    region: str
+    stack_name: str
+    outputs: dict[str, str]
+    session: Any
+    endpoint_url: str | None
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service, endpoint_url=self.endpoint_url)
+
+    @property
+    def state(self) -> ControllerState:
+        return ControllerState(self.client("dynamodb"), self.outputs["StateTableName"], self.region)
+
+    def rebalancer_settings(self) -> Any:
+        from crossfleet_control.settings import Settings
+
+        configuration = self.client("lambda").get_function_configuration(
+            FunctionName=self.outputs["RebalancerFunctionName"])
+        return Settings.from_json(configuration["Environment"]["Variables"]["CROSSFLEET_SETTINGS"])
+
+
+def region_view(session: Any, region: str, stack_name: str, endpoint_url: str | None = None) -> RegionView:
+    client = session.client("cloudformation", region_name=region, endpoint_url=endpoint_url)
+    try:
+        stacks = client.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as error:
+        if "does not exist" in str(error):
+            raise DeploymentMissing(f"no stack {stack_name} in {region}: deploy it first (cdk deploy), or pass "
+                                    "--stack") from None
+        raise
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    if "StateTableName" not in outputs:
+        raise DeploymentMissing(f"stack {stack_name} in {region} is not a crossfleet region stack")
+    import boto3
+
+    return RegionView(region=region, stack_name=stack_name, outputs=outputs,
+                      session=boto3.session.Session(region_name=region), endpoint_url=endpoint_url)
+
+
+def status(view: RegionView) -> list[dict[str, Any]]:
+    """Live state per pool: group sizes, queue depth, operator overrides, the last decision's reason."""
+    settings = view.rebalancer_settings()
+    names = {settings.pools[p].group_name: p for p in settings.pools}
+    groups = view.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=list(names))
+    by_pool = {names[g["AutoScalingGroupName"]]: g for g in groups["AutoScalingGroups"]}
+    _, overrides = view.state.load_controls()
+    last = view.state.recent_decisions(1)
+    sqs = view.client("sqs")
+    rows = []
+    for pool, pool_settings in settings.pools.items():
+        group = by_pool.get(pool, {})
+        attributes = sqs.get_queue_attributes(QueueUrl=pool_settings.queue_url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        override = overrides.get(pool)
+        states = [i.get("LifecycleState", "") for i in group.get("Instances", [])]
+        rows.append({
+            "region": view.region, "pool": pool, "instance_type": pool_settings.instance_type,
+            "desired": group.get("DesiredCapacity"), "in_service": sum(s == "InService" for s in states),
+            "pending": sum(s.startswith("Pending") for s in states), "min": group.get("MinSize"),
+            "max": group.get("MaxSize"), "queued": int(attributes["ApproximateNumberOfMessages"]),
+            "in_flight": int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+            "override": ("frozen" if override and override.frozen else
+                         f"pinned {override.pinned_desired}" if override and override.pinned_desired is not None
+                         else ""),
+            "last_reason": last[0]["pools"][pool]["reason"] if last and pool in last[0]["pools"] else "",
+        })
+    return rows
+
+
+def plan(view: RegionView) -> dict[str, Any]:
+    from crossfleet_control.rebalancer import build_dependencies
+    from crossfleet_control.rebalancer import plan as plan_cycle
+
+    return plan_cycle(build_dependencies(view.rebalancer_settings(), session=_EndpointSession(view)))
+
+
+class _EndpointSession:
+    """A session whose clients all go to the view's endpoint (a real account's, or an emulator's)."""
+
+    def __init__(self, view: RegionView) -> None:
+        self._view = view
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        return self._view.session.client(service, endpoint_url=self._view.endpoint_url, **kwargs)
+
+
+def check_pool(view: RegionView, pool: str) -> None:
+    pools = view.rebalancer_settings().pools
+    if pool not in pools:
+        raise ValueError(f"pool {pool!r}: one of {', '.join(pools)}")
