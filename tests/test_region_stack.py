@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -243,3 +244,45 @@ def test_rebalancer_may_size_only_this_deployments_groups_and_never_retag_them(
                                               "autoscaling:DescribeScalingActivities"} for s in wildcard_allows)
     sqs_actions = {a for s in statements for a in _as_list(s["Action"]) if a.startswith("sqs:")}
     assert "sqs:DeleteQueue" not in sqs_actions and "sqs:SetQueueAttributes" not in sqs_actions
+
+
+ALARMS = ("CpuDeadLetters", "CpuOldestJob", "CpuCapacityShortage", "GpuDeadLetters", "GpuOldestJob",
+          "GpuCapacityShortage", "IntakeDeadLetters", "RejectsRising", "RebalancerErrors", "RebalancerMissedCycles",
+          "ControllerCallErrors")
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_every_alarm_pages_through_the_encrypted_topic_and_has_a_runbook_entry(default_app: SynthesizedApp,
+                                                                              region: str):
+    template = default_app.template_json(region)
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"]
+              for a in resources_of_type(template, "AWS::CloudWatch::Alarm").values()}
+    assert set(alarms) == {f"crossfleet-dev-{region}-{name}" for name in ALARMS}
+    (topic_id, topic), = resources_of_type(template, "AWS::SNS::Topic").items()
+    assert "KmsMasterKeyId" in topic["Properties"]
+    runbook = (Path(__file__).resolve().parents[1] / "docs" / "runbook.md").read_text()
+    for name, alarm in alarms.items():
+        assert alarm["AlarmActions"] == [{"Ref": topic_id}]
+        anchor = name.rsplit("-", 1)[1].lower()
+        assert f"docs/runbook.md#{anchor}" in alarm["AlarmDescription"]
+        assert f'<a id="{anchor}"></a>' in runbook, f"runbook entry for {anchor}"
+    missed = alarms[f"crossfleet-dev-{region}-RebalancerMissedCycles"]
+    assert missed["ComparisonOperator"] == "LessThanThreshold" and missed["TreatMissingData"] == "breaching"
+    shortage = alarms[f"crossfleet-dev-{region}-GpuCapacityShortage"]
+    assert shortage["EvaluationPeriods"] == 15 and shortage["MetricName"] == "FailedLaunches"
+
+
+def test_dashboards_per_region_and_one_global(default_app: SynthesizedApp):
+    names = {}
+    for region in REGIONS:
+        for dashboard in resources_of_type(default_app.template_json(region), "AWS::CloudWatch::Dashboard").values():
+            names[dashboard["Properties"]["DashboardName"]] = json.dumps(dashboard["Properties"]["DashboardBody"])
+    assert set(names) == {f"crossfleet-dev-{r}" for r in REGIONS} | {"crossfleet-dev-global"}
+    regional = names["crossfleet-dev-us-east-1"]
+    for panel in ("backlog per pool", "oldest queued job", "desired / in service / pending", "moves by reason",
+                  "capacity health", "jobs finished per minute", "estimated $/h and kWh/h"):
+        assert panel in regional, panel
+    for metric in ("Backlog", "DesiredCapacity", "FailedLaunches", "MovesDecided", "ApproximateAgeOfOldestMessage",
+                   "GroupInServiceInstances", "GroupPendingInstances", "NumberOfMessagesDeleted"):
+        assert metric in regional, metric
+    assert all(region in names["crossfleet-dev-global"] for region in REGIONS)
