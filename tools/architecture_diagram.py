@@ -19,9 +19,12 @@ BOXES = {  # name: (x, y, width, height, colour, label)
     "rejects": (9.0, 6.6, 2.0, 0.9, "#fde9c9", "rejects queue\n(reason)"),
     "cpuq": (3.0, 4.4, 2.2, 0.9, "#fde9c9", "cpu queue (+ DLQ)"),
     "gpuq": (8.8, 4.4, 2.2, 0.9, "#fde9c9", "gpu queue (+ DLQ)"),
-    "rebalancer": (5.6, 4.2, 2.8, 1.3, "#d6e9f8", "Rebalancer Lambda (1/min)\nlease -> observe -> policy\n-> size + move -> record"),
-    "cpu": (2.6, 1.6, 3.0, 1.4, "#d9f2d9", "GravitonFleet ASG\nm9g/c9g/r9g, m8g/c8g fallback\nworker agent -> local model server"),
-    "gpu": (8.4, 1.6, 3.0, 1.4, "#d9f2d9", "AcceleratorCluster ASG\np5 / p5en / g6e (or Neuron)\nworker agent -> local model server"),
+    "rebalancer": (5.6, 4.2, 2.8, 1.3, "#d6e9f8",
+                   "Rebalancer Lambda (1/min)\nlease -> observe -> policy\n-> size + move -> record"),
+    "cpu": (2.6, 1.6, 3.0, 1.4, "#d9f2d9",
+            "GravitonFleet ASG\nm9g/c9g/r9g, m8g/c8g fallback\nworker agent -> local model server"),
+    "gpu": (8.4, 1.6, 3.0, 1.4, "#d9f2d9",
+            "AcceleratorCluster ASG\np5 / p5en / g6e (or Neuron)\nworker agent -> local model server"),
     "state": (5.8, 1.8, 2.2, 1.0, "#f3dcf3", "StateTable\nledger, leases,\ndecisions, overrides"),
     "results": (5.8, 0.2, 2.2, 0.8, "#f3dcf3", "ResultsBucket (S3)"),
     "monitoring": (0.1, 3.0, 2.2, 1.4, "#eeeeee", "Monitoring\ndashboards, alarms\n-> SNS (runbook)"),
@@ -40,7 +43,7 @@ def centre(name: str) -> tuple[float, float]:
 
 def edge_point(name: str, towards: tuple[float, float], gap: float = 0.08) -> tuple[float, float]:
     """Where the line from a box's centre towards a point leaves the box (plus a small gap)."""
-    x, y, w, h, _, _ = BOXES[name]
+    _, _, w, h, _, _ = BOXES[name]
     cx, cy = centre(name)
     dx, dy = towards[0] - cx, towards[1] - cy
     scale = min((w / 2 + gap) / abs(dx) if dx else float("inf"), (h / 2 + gap) / abs(dy) if dy else float("inf"))
@@ -53,7 +56,7 @@ def main() -> None:
     axis.set_ylim(0, 7.9)
     axis.axis("off")
     axis.set_title("crossfleet: one stack per US region (explicit env), same shape in each", fontsize=12)
-    for name, (x, y, w, h, colour, label) in BOXES.items():
+    for x, y, w, h, colour, label in BOXES.values():
         axis.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", facecolor=colour,
                                       edgecolor="#555555", zorder=2))
         axis.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=8.5, zorder=3)
