@@ -50,6 +50,9 @@ def acknowledge_findings(stack: Stack) -> None:
              "name the results bucket and a key prefix, with object-level actions only.",
              applies_to=[RegexAppliesTo(regex="/^Resource::<ResultsBucket[0-9A-F]+\\.Arn>\\/(results|payloads)"
                                               "\\/\\*$/g")])
+        _ack(stack, f"{base}/{fleet}/InstanceRole/DefaultPolicy/Resource", "AwsSolutions-IAM5",
+             "cloudwatch:PutMetricData has no resource-level permissions; the statement is limited to the "
+             "crossfleet metric namespace by the cloudwatch:namespace condition.", applies_to=["Resource::*"])
     _ack(stack, f"{base}/WorkQueues/Rejects/Resource", "AwsSolutions-SQS3",
          "The rejects queue is itself a terminal store, like a DLQ: invalid submissions wait there with their "
          "reason for a person; nothing consumes it automatically, so nothing could fail over to a DLQ.")

@@ -93,6 +93,9 @@ class RegionStack(Stack):
                 resources=[f"arn:{self.partition}:s3:::{self.worker_asset.s3_bucket_name}/"
                            f"{self.worker_asset.s3_object_key}"]))
             role.add_to_policy(iam.PolicyStatement(
+                sid="PublishJobOutcomes", actions=["cloudwatch:PutMetricData"], resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": "crossfleet"}}))
+            role.add_to_policy(iam.PolicyStatement(
                 sid="CompleteOwnScaleInHook", actions=["autoscaling:CompleteLifecycleAction"],
                 resources=[Arn.format(ArnComponents(
                     service="autoscaling", resource="autoScalingGroup",

@@ -276,6 +276,32 @@ def test_scale_in_drains_requeues_and_completes_the_lifecycle_action(region: Reg
     assert agent_for(region, "cpu", RecordingRunner(), "i-next").poll_once() == ["succeeded"]
 
 
+def test_job_outcomes_are_published_for_the_slo_panel(region: Region):
+    from crossfleet_worker.job_metrics import JobMetrics
+
+    now = time.time()
+    region.send("cpu", [job_message(id="fast", placement="cpu_only", preference="cpu", submitted_at=now,
+                                    deadline_seconds=60),
+                        job_message(id="slow", placement="cpu_only", preference="cpu", submitted_at=now - 600,
+                                    deadline_seconds=60)])
+    agent = agent_for(region, "cpu", RecordingRunner(), "i-a")
+    agent.job_metrics = JobMetrics(region.client("cloudwatch"), DEPLOYMENT, region.name, "cpu", flush_seconds=3600)
+    assert agent.poll_once() + agent.poll_once() == ["succeeded", "succeeded"]
+    assert agent.job_metrics.flush() is True
+    assert agent.job_metrics.flush() is False, "nothing new to publish"
+    cloudwatch = region.client("cloudwatch")
+    dimensions = [{"Name": "Deployment", "Value": DEPLOYMENT}, {"Name": "Region", "Value": region.name},
+                  {"Name": "Pool", "Value": "cpu"}]
+
+    def total(name: str) -> float:
+        points = cloudwatch.get_metric_statistics(
+            Namespace="crossfleet", MetricName=name, Dimensions=dimensions, StartTime=now - 3600,
+            EndTime=now + 3600, Period=3600, Statistics=["Sum"])["Datapoints"]
+        return sum(p["Sum"] for p in points)
+
+    assert (total("JobsOnTime"), total("JobsLate")) == (1, 1)
+
+
 def test_command_runner_runs_a_template_and_reports_failures(tmp_path):
     job = make_job(id="cmd-1")
     echo = CommandRunner(argv=("python3", "-c", "import sys, shutil; shutil.copy(sys.argv[1], sys.argv[2])",

@@ -280,9 +280,10 @@ def test_dashboards_per_region_and_one_global(default_app: SynthesizedApp):
     assert set(names) == {f"crossfleet-dev-{r}" for r in REGIONS} | {"crossfleet-dev-global"}
     regional = names["crossfleet-dev-us-east-1"]
     for panel in ("backlog per pool", "oldest queued job", "desired / in service / pending", "moves by reason",
-                  "capacity health", "jobs finished per minute", "estimated $/h and kWh/h"):
+                  "capacity health", "jobs finished per minute", "estimated $/h and kWh/h", "SLO attainment per pool"):
         assert panel in regional, panel
     for metric in ("Backlog", "DesiredCapacity", "FailedLaunches", "MovesDecided", "ApproximateAgeOfOldestMessage",
-                   "GroupInServiceInstances", "GroupPendingInstances", "NumberOfMessagesDeleted"):
+                   "GroupInServiceInstances", "GroupPendingInstances", "NumberOfMessagesDeleted", "JobsOnTime",
+                   "JobsLate"):
         assert metric in regional, metric
     assert all(region in names["crossfleet-dev-global"] for region in REGIONS)

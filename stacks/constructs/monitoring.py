@@ -152,6 +152,14 @@ def region_widgets(deployment: str, region: str, pools: list[PoolView]) -> list[
         cloudwatch.GraphWidget(title=f"{region}: jobs finished per minute", width=8,
                                left=[p.queue.metric_number_of_messages_deleted(period=ONE_MINUTE, statistic="Sum",
                                                                                label=p.name) for p in pools]),
+        cloudwatch.GraphWidget(title=f"{region}: SLO attainment per pool (% of finished jobs on time)", width=8,
+                               left=[cloudwatch.MathExpression(
+                                   expression=f"100 * ontime{i} / (ontime{i} + late{i})", label=p.name,
+                                   period=FIVE_MINUTES,
+                                   using_metrics={f"ontime{i}": pool_metric(deployment, region, "JobsOnTime", p.name,
+                                                                            "Sum"),
+                                                  f"late{i}": pool_metric(deployment, region, "JobsLate", p.name,
+                                                                          "Sum")}) for i, p in enumerate(pools)]),
         cloudwatch.GraphWidget(title=f"{region}: estimated $/h and kWh/h (on-demand price, labelled power)",
                                width=16, left=[cloudwatch.MathExpression(
                                    expression=f"c{i} * {p.price_per_hour}", using_metrics=cost,

@@ -11,6 +11,7 @@ from botocore.config import Config
 from crossfleet_control.ledger import Ledger
 from crossfleet_worker.agent import Agent, WorkerSettings, run_forever
 from crossfleet_worker.instance import InstanceMetadata
+from crossfleet_worker.job_metrics import JobMetrics
 from crossfleet_worker.runners import build_runner
 
 
@@ -23,7 +24,9 @@ def main() -> None:
     agent = Agent(settings=settings, sqs=session.client("sqs", config=config), s3=session.client("s3", config=config),
                   autoscaling=session.client("autoscaling", config=config),
                   ledger=Ledger(session.client("dynamodb", config=config), settings.table_name),
-                  runner=build_runner(settings.runner), owner=metadata.instance_id())
+                  runner=build_runner(settings.runner), owner=metadata.instance_id(),
+                  job_metrics=JobMetrics(session.client("cloudwatch", config=config), settings.deployment,
+                                         settings.region, settings.pool))
     # The lifecycle hook's heartbeat timeout bounds the drain; keep a margin for the completion call.
     run_forever(agent, metadata, drain_budget_seconds=max(30.0, settings.visibility_seconds - 30))
 

@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from crossfleet_control.jobs import Job, JobRejected, parse_job
 from crossfleet_control.ledger import TERMINAL, Ledger
+from crossfleet_worker.job_metrics import JobMetrics
 from crossfleet_worker.runners import JobFailed, Runner
 
 
@@ -72,6 +73,7 @@ class Agent:
     owner: str  # this instance's id: the ledger shows which instance ran what
     clock: Callable[[], float] = time.time
     log: Callable[[str], None] = print
+    job_metrics: JobMetrics | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: dict[str, InFlight] = field(default_factory=dict)
@@ -131,6 +133,8 @@ class Agent:
             self.log(f"job {job.id}: claim lost before completion; not deleting")
             return "lost_claim"
         self._delete(work.receipt_handle)
+        if self.job_metrics is not None:
+            self.job_metrics.record(self.clock() - job.submitted_at, job.deadline_seconds)
         return "succeeded"
 
     def poll_once(self, wait_seconds: int | None = None) -> list[str]:
@@ -251,6 +255,8 @@ def run_forever(agent: Agent, events: InstanceEvents, *, drain_budget_seconds: f
         thread.start()
     while True:
         time.sleep(check_seconds)
+        if agent.job_metrics is not None and agent.clock() - agent.job_metrics._last_flush >= 60:
+            agent.job_metrics.flush()
         try:
             if events.spot_interruption():
                 agent.log(f"Spot interruption notice: requeued {agent.requeue_in_flight('spot interruption')} jobs")
