@@ -26,10 +26,19 @@ MATRIX: dict[str, dict[str, Any] | None] = {
 VAGUE_REASONS = ("false positive", "not needed", "n/a", "ignore", "todo")
 
 
+_SYNTHESIZED: dict[str, SynthesizedApp] = {}
+
+
+def synthesized(name: str) -> SynthesizedApp:
+    """One synthesis per configuration for the whole module (nag included: the checks need it)."""
+    if name not in _SYNTHESIZED:
+        _SYNTHESIZED[name] = synthesize(MATRIX[name])
+    return _SYNTHESIZED[name]
+
+
 @pytest.fixture(scope="module", params=list(MATRIX))
 def matrix_app(request: pytest.FixtureRequest, default_app: SynthesizedApp) -> SynthesizedApp:
-    raw = MATRIX[request.param]
-    return default_app if raw is None else synthesize(raw)
+    return default_app if MATRIX[request.param] is None else synthesized(request.param)
 
 
 def test_cdk_nag_leaves_no_unacknowledged_finding(matrix_app: SynthesizedApp):
@@ -64,14 +73,14 @@ def test_cfn_lint_reports_no_errors(matrix_app: SynthesizedApp):
 
 
 def test_matrix_variants_synthesize_what_they_ask_for():
-    neuron = synthesize(MATRIX["neuron"], nag=False).template_json("us-east-1")
+    neuron = synthesized("neuron").template_json("us-east-1")
     group = asg_for_pool(neuron, "gpu")
     types = [o["InstanceType"] for o in group["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]]
     assert types[0].startswith("inf2.")
     ami_ref = launch_template_of(neuron, group)["Properties"]["LaunchTemplateData"]["ImageId"]["Ref"]
     assert "neuron" in neuron["Parameters"][ami_ref]["Default"]
 
-    block = synthesize(MATRIX["capacity-block"], nag=False).template_json("us-west-2")
+    block = synthesized("capacity-block").template_json("us-west-2")
     group = asg_for_pool(block, "gpu")
     assert "MixedInstancesPolicy" not in group["Properties"], "a reservation pins one type"
     data = launch_template_of(block, group)["Properties"]["LaunchTemplateData"]
@@ -81,7 +90,7 @@ def test_matrix_variants_synthesize_what_they_ask_for():
         "CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}}
     assert data["NetworkInterfaces"][0]["InterfaceType"] == "efa"
 
-    prefixed = synthesize(MATRIX["custom-prefix"], nag=False)
+    prefixed = synthesized("custom-prefix")
     assert {s.stack_name for s in prefixed.stacks.values()} == {"aiplat-prod-us-east-1", "aiplat-prod-us-west-1"}
     group = asg_for_pool(prefixed.template_json("us-west-1"), "cpu")
     assert group["Properties"]["AutoScalingGroupName"] == "aiplat-prod-us-west-1-cpu"

@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from crossfleet_control.jobs import Job, JobRejected, parse_job
 from crossfleet_control.policy_types import ControllerMemory, Override, PoolMemory
+from crossfleet_control.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 
 AwsError = (BotoCoreError, ClientError)
 DEPLOYMENT_TAG = "crossfleet:deployment"
@@ -268,12 +269,15 @@ class ControllerState:
     def key(self) -> str:
         return f"rebalancer#{self.region}"
 
+    def _key(self, sort_key: str) -> dict[str, Any]:
+        return {PARTITION_KEY: {"S": self.key}, SORT_KEY: {"S": sort_key}}
+
     def acquire_lease(self, holder: str, lease_seconds: float) -> int:
         """Take the singleton lease; return the fencing token (a version that only grows)."""
         now = self.clock()
         try:
             response = self.client.update_item(
-                TableName=self.table_name, Key={"pk": {"S": self.key}, "sk": {"S": "lease"}},
+                TableName=self.table_name, Key=self._key("lease"),
                 UpdateExpression="SET holder = :holder, lease_until = :until ADD fence :one",
                 ConditionExpression="attribute_not_exists(pk) OR lease_until < :now OR holder = :holder",
                 ExpressionAttributeValues={":holder": {"S": holder}, ":until": {"N": str(now + lease_seconds)},
@@ -288,7 +292,7 @@ class ControllerState:
     def release_lease(self, holder: str, fence: int) -> None:
         try:
             self.client.update_item(
-                TableName=self.table_name, Key={"pk": {"S": self.key}, "sk": {"S": "lease"}},
+                TableName=self.table_name, Key=self._key("lease"),
                 UpdateExpression="SET lease_until = :zero",
                 ConditionExpression="holder = :holder AND fence = :fence",
                 ExpressionAttributeValues={":zero": {"N": "0"}, ":holder": {"S": holder},
@@ -298,7 +302,7 @@ class ControllerState:
                 raise
 
     def still_holds(self, holder: str, fence: int, margin_seconds: float = 2.0) -> bool:
-        item = self.client.get_item(TableName=self.table_name, Key={"pk": {"S": self.key}, "sk": {"S": "lease"}},
+        item = self.client.get_item(TableName=self.table_name, Key=self._key("lease"),
                                     ConsistentRead=True).get("Item", {})
         return (item.get("holder", {}).get("S") == holder and int(item.get("fence", {}).get("N", "-1")) == fence
                 and float(item.get("lease_until", {}).get("N", "0")) > self.clock() + margin_seconds)
@@ -311,7 +315,7 @@ class ControllerState:
         memory = ControllerMemory()
         overrides: dict[str, Override] = {}
         for item in items:
-            sort_key = item["sk"]["S"]
+            sort_key = item[SORT_KEY]["S"]
             if sort_key == "memory":
                 data = json.loads(item["data"]["S"])
                 memory = ControllerMemory(pools={pool: PoolMemory(low_since=entry.get("low_since"))
@@ -330,7 +334,7 @@ class ControllerState:
         try:
             self.client.put_item(
                 TableName=self.table_name,
-                Item={"pk": {"S": self.key}, "sk": {"S": "memory"}, "data": {"S": json.dumps(data)},
+                Item={**self._key("memory"), "data": {"S": json.dumps(data)},
                       "fence": {"N": str(fence)}},
                 ConditionExpression="attribute_not_exists(fence) OR fence <= :fence",
                 ExpressionAttributeValues={":fence": {"N": str(fence)}})
@@ -341,7 +345,7 @@ class ControllerState:
 
     def set_override(self, pool: str, *, frozen: bool = False, pinned_desired: int | None = None,
                      note: str = "") -> None:
-        item: dict[str, Any] = {"pk": {"S": self.key}, "sk": {"S": f"override#{pool}"},
+        item: dict[str, Any] = {**self._key(f"override#{pool}"),
                                 "frozen": {"BOOL": frozen}, "note": {"S": note},
                                 "set_at": {"N": str(self.clock())}}
         if pinned_desired is not None:
@@ -349,15 +353,15 @@ class ControllerState:
         self.client.put_item(TableName=self.table_name, Item=item)
 
     def clear_override(self, pool: str) -> None:
-        self.client.delete_item(TableName=self.table_name, Key={"pk": {"S": self.key}, "sk": {"S": f"override#{pool}"}})
+        self.client.delete_item(TableName=self.table_name, Key=self._key(f"override#{pool}"))
 
     def record_decision(self, record: Mapping[str, Any], fence: int, ttl_seconds: float) -> None:
         now = self.clock()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
         self.client.put_item(TableName=self.table_name, Item={
-            "pk": {"S": f"decisions#{self.region}"}, "sk": {"S": f"{stamp}#{fence:010d}"},
+            PARTITION_KEY: {"S": f"decisions#{self.region}"}, SORT_KEY: {"S": f"{stamp}#{fence:010d}"},
             "record": {"S": json.dumps(record, default=_json_default, sort_keys=True)},
-            "expires_at": {"N": str(int(now + ttl_seconds))}})
+            TTL_ATTRIBUTE: {"N": str(int(now + ttl_seconds))}})
 
     def recent_decisions(self, limit: int) -> list[dict[str, Any]]:
         items = self.client.query(TableName=self.table_name, KeyConditionExpression="pk = :pk",
