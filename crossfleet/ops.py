@@ -7,6 +7,7 @@ NAME-STAGE-REGION from cdk.json) and credentials for the account.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -29,11 +30,13 @@ class RegionView:
     def client(self, service: str) -> Any:
         return self.session.client(service, endpoint_url=self.endpoint_url)
 
-    @property
+    @cached_property
     def state(self) -> ControllerState:
         return ControllerState(self.client("dynamodb"), self.outputs["StateTableName"], self.region)
 
-    def rebalancer_settings(self) -> Any:
+    @cached_property
+    def settings(self) -> Any:
+        """The rebalancer's settings as deployed (read once from its Lambda's environment)."""
         from crossfleet_control.settings import Settings
 
         configuration = self.client("lambda").get_function_configuration(
@@ -61,7 +64,7 @@ def region_view(session: Any, region: str, stack_name: str, endpoint_url: str | 
 
 def status(view: RegionView) -> list[dict[str, Any]]:
     """Live state per pool: group sizes, queue depth, operator overrides, the last decision's reason."""
-    settings = view.rebalancer_settings()
+    settings = view.settings
     names = {settings.pools[p].group_name: p for p in settings.pools}
     groups = view.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=list(names))
     by_pool = {names[g["AutoScalingGroupName"]]: g for g in groups["AutoScalingGroups"]}
@@ -93,7 +96,7 @@ def plan(view: RegionView) -> dict[str, Any]:
     from crossfleet_control.rebalancer import build_dependencies
     from crossfleet_control.rebalancer import plan as plan_cycle
 
-    return plan_cycle(build_dependencies(view.rebalancer_settings(), session=_EndpointSession(view)))
+    return plan_cycle(build_dependencies(view.settings, session=_EndpointSession(view)))
 
 
 class _EndpointSession:
@@ -107,6 +110,6 @@ class _EndpointSession:
 
 
 def check_pool(view: RegionView, pool: str) -> None:
-    pools = view.rebalancer_settings().pools
+    pools = view.settings.pools
     if pool not in pools:
         raise ValueError(f"pool {pool!r}: one of {', '.join(pools)}")

@@ -114,9 +114,7 @@ class SqsQueues:
                 continue
             for ok in response.get("Successful", []):
                 accepted.add(batch[int(ok["Id"])].id)
-            for failed in response.get("Failed", []):
-                self.on_error(f"sqs.send_message_batch[{pool}]",
-                              RuntimeError(f"{failed.get('Code')}: {failed.get('Message')}"))
+            self._report_failed(f"sqs.send_message_batch[{pool}]", response)
         return accepted
 
     def delete(self, pool: str, receipt_handles: Sequence[str]) -> int:
@@ -150,10 +148,13 @@ class SqsQueues:
                 self.on_error(f"sqs.{operation}[{pool}]", error)
                 continue
             done += len(response.get("Successful", []))
-            for failed in response.get("Failed", []):
-                problem = RuntimeError(f"{failed.get('Code')}: {failed.get('Message')}")
-                self.on_error(f"sqs.{operation}[{pool}]", problem)
+            self._report_failed(f"sqs.{operation}[{pool}]", response)
         return done
+
+    def _report_failed(self, where: str, response: Mapping[str, Any]) -> None:
+        """SQS batch calls succeed as a whole and fail per entry: every failed entry is an error."""
+        for failed in response.get("Failed", []):
+            self.on_error(where, RuntimeError(f"{failed.get('Code')}: {failed.get('Message')}"))
 
 
 @dataclass
