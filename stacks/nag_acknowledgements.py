@@ -34,7 +34,7 @@ def acknowledge_findings(stack: Stack) -> None:
              "TCP 443 from the VPC's own CIDR.", applies_to=["AwsSolutions-EC23"])
 
 
-    for function in ("Rebalancer", "IntakeRouter"):
+    for function in ("Rebalancer", "IntakeRouter", "CapacityEvents"):
         _ack(stack, f"{base}/{function}/Function/Resource", "AwsSolutions-L1",
              "The controllers are pinned to Python 3.13 on arm64, the runtime they are tested on; moving to a "
              "newer runtime is a deliberate, tested change rather than a synth-time default.")
@@ -56,12 +56,28 @@ def acknowledge_findings(stack: Stack) -> None:
     _ack(stack, f"{base}/WorkQueues/Rejects/Resource", "AwsSolutions-SQS3",
          "The rejects queue is itself a terminal store, like a DLQ: invalid submissions wait there with their "
          "reason for a person; nothing consumes it automatically, so nothing could fail over to a DLQ.")
+    _ack(stack, f"{base}/CapacityEvents/DeadLetters/Resource", "AwsSolutions-SQS3",
+         "This queue is the dead-letter queue of the capacity EventBridge rules' Lambda target (EventBridge's "
+         "DeadLetterConfig, which cdk-nag does not recognise as a redrive): events that could not be recorded.")
     _ack(stack, f"{base}/Results/AccessLogs/Resource", "AwsSolutions-S1",
          "This bucket receives the results bucket's server access logs; logging the log bucket would recurse.")
     _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
          "DescribeAutoScalingGroups, DescribeScalingActivities and cloudwatch:GetMetricData (queue ages) support "
          "no resource-level permissions; the only other '*' statement is the Deny on retagging groups.",
          applies_to=["Resource::*"])
+    _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
+         "Switching a mixed-instances group between Spot and On-Demand re-submits its launch template, which "
+         "needs ec2:RunInstances/CreateTags on the resources the launch creates; the statement is conditioned on "
+         "this stack's own launch templates (ec2:LaunchTemplate, ec2:IsLaunchTemplateResource).",
+         applies_to=["Resource::*"])
+    _ack(stack, f"{base}/CapacityEvents/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
+         "ec2:DescribeInstances (is a noticed Spot instance ours?) and DescribeAutoScalingGroups support no "
+         "resource-level permissions.", applies_to=["Resource::*"])
+    _ack(stack, f"{base}/CapacityEvents/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
+         "An Auto Scaling group ARN embeds a UUID assigned at creation; the statement names the block's group "
+         "exactly, wildcards the UUID and requires the crossfleet:deployment tag.",
+         applies_to=[RegexAppliesTo(regex="/^Resource::arn:<AWS::Partition>:autoscaling:[a-z0-9-]+:"
+                                          ".+:autoScalingGroup:\\*:autoScalingGroupName\\/.+$/g")])
 
 
 def _ack(stack: Stack, path: str, rule: str, reason: str, *,

@@ -11,17 +11,26 @@ from crossfleet.config.model import AppConfig, RegionConfig
 from crossfleet.config.offerings import offerings
 from crossfleet_control.service_model import profile_for
 from stacks.constructs.accelerator_cluster import AcceleratorCluster
+from stacks.constructs.capacity_events import CapacityEvents
 from stacks.constructs.graviton_fleet import GravitonFleet
 from stacks.constructs.intake_router import IntakeRouter
 from stacks.constructs.monitoring import Monitoring, PoolView, global_widgets
 from stacks.constructs.network import Network
-from stacks.constructs.rebalancer import DEPLOYMENT_TAG, Rebalancer
+from stacks.constructs.rebalancer import DEPLOYMENT_TAG, PeerNames, PoolGroup, Rebalancer
 from stacks.constructs.results_bucket import ResultsBucket
 from stacks.constructs.state_table import StateTable
 from stacks.constructs.work_queues import WorkQueues
 from stacks.constructs.worker_install import worker_asset, worker_user_data
 
 POOLS = ("cpu", "gpu")
+
+
+def pool_queue_name(deployment: str, region: str, pool: str) -> str:
+    return f"{deployment}-{region}-{pool}"
+
+
+def state_table_name(deployment: str, region: str) -> str:
+    return f"{deployment}-{region}-state"
 
 
 class RegionStack(Stack):
@@ -38,8 +47,9 @@ class RegionStack(Stack):
 
         self.network = Network(self, "Network", config=config.network, availability_zones=region.availability_zones)
         self.queues = WorkQueues(self, "WorkQueues", config=config.queues, pools=POOLS,
-                                 intake_queue_name=f"{deployment}-{name}-intake")
-        self.state = StateTable(self, "State", config=config.state)
+                                 intake_queue_name=f"{deployment}-{name}-intake",
+                                 pool_queue_names={pool: pool_queue_name(deployment, name, pool) for pool in POOLS})
+        self.state = StateTable(self, "State", config=config.state, table_name=state_table_name(deployment, name))
         self.results = ResultsBucket(self, "Results", retain_on_delete=config.state.retain_on_delete)
         self.worker_asset = worker_asset(self)
 
@@ -65,17 +75,32 @@ class RegionStack(Stack):
             subnet_group_name="instances", availability_zones=region.availability_zones,
             group_name=group_names["gpu"], user_data=user_data["gpu"], lifecycle_hook_name=hook_names["gpu"],
             drain_seconds=worker.drain_seconds)
+        graviton, accelerators = region.graviton_fleet, region.accelerator_cluster
+        pinned = accelerators.reservation_id is not None  # a reservation or block: one type, no Spot
+        pool_groups = {
+            "cpu": PoolGroup(group_names["cpu"], graviton.all_instance_types, graviton.min_size,
+                             graviton.max_size, graviton.on_demand_percentage_above_base,
+                             self.graviton_fleet.instances.launch_template, self.graviton_fleet.instances.role),
+            "gpu": PoolGroup(group_names["gpu"],
+                             accelerators.instance_types[:1] if pinned else accelerators.all_instance_types,
+                             accelerators.min_size, accelerators.max_size,
+                             0 if accelerators.spot else 100,
+                             self.accelerator_cluster.instances.launch_template,
+                             self.accelerator_cluster.instances.role),
+        }
+        peers = tuple(PeerNames(r.region, pool_queue_name(deployment, r.region, "gpu"),
+                                state_table_name(deployment, r.region)) for r in config.regions if r.region != name)
         self.rebalancer = Rebalancer(
             self, "Rebalancer", config=config.rebalancer, deployment=deployment, region=name,
-            queues=self.queues, state=self.state,
-            groups={
-                "cpu": (group_names["cpu"], region.graviton_fleet.instance_types[0],
-                        region.graviton_fleet.min_size, region.graviton_fleet.max_size),
-                "gpu": (group_names["gpu"], region.accelerator_cluster.instance_types[0],
-                        region.accelerator_cluster.min_size, region.accelerator_cluster.max_size),
-            })
+            queues=self.queues, state=self.state, groups=pool_groups, peers=peers)
+        self.capacity_events = CapacityEvents(
+            self, "CapacityEvents", deployment=deployment, region=name, state=self.state, groups=group_names,
+            capacity_block_id=accelerators.capacity_block_id,
+            block_instance_type=accelerators.instance_types[0] if accelerators.capacity_block_id else None)
         self.router = IntakeRouter(self, "IntakeRouter", deployment=deployment, region=name, queues=self.queues,
-                                   state=self.state, regions=tuple(r.region for r in config.regions))
+                                   state=self.state, regions=tuple(r.region for r in config.regions),
+                                   pool_instance_types={p: g.instance_types for p, g in pool_groups.items()},
+                                   peers=peers)
 
         for pool, fleet in (("cpu", self.graviton_fleet), ("gpu", self.accelerator_cluster)):
             role = fleet.instances.role

@@ -112,7 +112,7 @@ def test_only_known_types_are_skipped_and_each_is_checked_by_template(deployed: 
         placement = [r for r in template.values() if r["Type"] == "AWS::EC2::PlacementGroup"]
         assert [p["Properties"]["Strategy"] for p in placement] == ["cluster"]
         policies = [r for r in template.values() if r["Type"] == "AWS::SQS::QueuePolicy"]
-        assert len(policies) == 7 and all("aws:SecureTransport" in json.dumps(p) for p in policies)
+        assert len(policies) == 8 and all("aws:SecureTransport" in json.dumps(p) for p in policies)
         bucket_policies = [r for r in template.values() if r["Type"] == "AWS::S3::BucketPolicy"]
         assert len(bucket_policies) == 2 and all("aws:SecureTransport" in json.dumps(p) for p in bucket_policies)
         hooks = [r["Properties"] for r in template.values() if r["Type"] == "AWS::AutoScaling::LifecycleHook"]

@@ -19,7 +19,14 @@ from crossfleet.cli import main as cli_main
 from crossfleet_control.jobs import Job
 from crossfleet_control.ledger import TERMINAL, Ledger
 from crossfleet_control.metrics import MetricsRecorder
-from crossfleet_control.router import PoolHealth, Router, RouterSettings, choose_pool, health_from_decision
+from crossfleet_control.router import (
+    PoolHealth,
+    Router,
+    RouterSettings,
+    RoutingView,
+    choose_pool,
+    health_from_decision,
+)
 from crossfleet_worker.agent import Agent, WorkerSettings
 from crossfleet_worker.runners import CommandRunner, JobFailed
 from tests.aws_region import DEPLOYMENT, Region, build_region
@@ -59,7 +66,8 @@ def router_for(region: Region, *, health: dict[str, PoolHealth] | None = None) -
                               queue_urls={p: s.queue_url for p, s in region.settings.pools.items()},
                               rejects_url=region.rejects_url)
     return Router(settings=settings, sqs=region.client("sqs"), ledger=ledger_of(region),
-                  health=lambda: health or {}, metrics=MetricsRecorder(DEPLOYMENT, region.name, stream=io.StringIO()),
+                  health=lambda: RoutingView(health or {}),
+                  metrics=MetricsRecorder(DEPLOYMENT, region.name, stream=io.StringIO()),
                   sqs_for_region=lambda r: region.session.client("sqs", region_name=r))
 
 
@@ -172,7 +180,7 @@ def test_placement_avoids_a_pool_the_rebalancer_saw_unable_to_take_work():
     record = {"observation": {"gpu": {"failed_launches": 3, "in_service": 0}, "cpu": {"in_service": 2}},
               "overrides": {}, "pools": {}}
     health = health_from_decision(record)
-    assert choose_pool(either, health) == ("cpu", "preferred gpu not accepting (launches failing and nothing "
+    assert choose_pool(either, health) == ("cpu", "preferred gpu admitting 0% (launches failing and nothing "
                                                   "in service)")
     assert choose_pool(gpu_only, health)[0] == "gpu", "placement is never broken"
     frozen = health_from_decision({"observation": {"gpu": {}, "cpu": {}}, "overrides": {"gpu": {"frozen": True}}})

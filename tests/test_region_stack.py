@@ -110,6 +110,11 @@ def test_every_work_queue_has_a_dead_letter_queue_sse_and_tls(default_app: Synth
         if redrive:
             work_queues[logical_id] = queue
             dlq_ids.add(redrive["deadLetterTargetArn"]["Fn::GetAtt"][0])
+    # EventBridge targets keep undeliverable events in a queue too: that queue is a DLQ.
+    for rule in resources_of_type(template, "AWS::Events::Rule").values():
+        for target in rule["Properties"].get("Targets", []):
+            if "DeadLetterConfig" in target:
+                dlq_ids.add(target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0])
     rejects = {k for k in queues if k.startswith("WorkQueuesRejects")}
     assert len(rejects) == 1, "the rejects store is the one queue with no DLQ: it is terminal, like a DLQ"
     assert set(queues) == set(work_queues) | dlq_ids | rejects, "every other queue has a DLQ or is one"
@@ -199,6 +204,7 @@ def test_stateful_resources_keep_their_logical_ids(default_app: SynthesizedApp):
         "WorkQueuesCpuJobs0E588A3A": "AWS::SQS::Queue",
         "WorkQueuesGpuDeadLettersC30336B5": "AWS::SQS::Queue",
         "WorkQueuesGpuJobs8741EC0A": "AWS::SQS::Queue",
+        "CapacityEventsDeadLetters69F78B93": "AWS::SQS::Queue",
     }
 
 
@@ -240,8 +246,18 @@ def test_rebalancer_may_size_only_this_deployments_groups_and_never_retag_them(
     deny = [s for s in statements if s["Effect"] == "Deny"]
     assert deny and set(_as_list(deny[0]["Action"])) == {"autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"}
     wildcard_allows = [s for s in statements if s["Effect"] == "Allow" and s["Resource"] == "*"]
+    launch_template_use = [s for s in wildcard_allows if "ec2:RunInstances" in _as_list(s["Action"])]
     assert all(set(_as_list(s["Action"])) <= {"autoscaling:DescribeAutoScalingGroups", "cloudwatch:GetMetricData",
-                                              "autoscaling:DescribeScalingActivities"} for s in wildcard_allows)
+                                              "autoscaling:DescribeScalingActivities"}
+               for s in wildcard_allows if s not in launch_template_use)
+    # Switching Spot <-> On-Demand re-submits a launch template: only this stack's own templates.
+    for statement in launch_template_use:
+        assert set(_as_list(statement["Action"])) == {"ec2:RunInstances", "ec2:CreateTags"}
+        assert statement["Condition"]["Bool"] == {"ec2:IsLaunchTemplateResource": "true"}
+        assert "LaunchTemplate" in json.dumps(statement["Condition"]["ArnLike"]["ec2:LaunchTemplate"])
+    passes = [s for s in statements if "iam:PassRole" in _as_list(s["Action"])]
+    assert all(s["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}} and
+               "InstanceRole" in json.dumps(s["Resource"]) for s in passes)
     sqs_actions = {a for s in statements for a in _as_list(s["Action"]) if a.startswith("sqs:")}
     assert "sqs:DeleteQueue" not in sqs_actions and "sqs:SetQueueAttributes" not in sqs_actions
 

@@ -158,6 +158,21 @@ class SqsQueues:
 
 
 @dataclass
+class RegionForwarder:
+    """Sends jobs to another configured region's GPU queue (failover): send first, the caller deletes after."""
+
+    clients: Mapping[str, Any]  # region -> SQS client in that region
+    queue_urls: Mapping[str, str]  # region -> its GPU queue URL
+    on_error: ErrorSink
+
+    def send_jobs(self, region: str, jobs: Sequence[Job]) -> set[str]:
+        if region not in self.queue_urls:  # never outside the configured regions
+            raise LookupError(f"{region} is not a configured region")
+        queues = SqsQueues(self.clients[region], {"gpu": self.queue_urls[region]}, {}, self.on_error)
+        return queues.send_jobs("gpu", jobs)
+
+
+@dataclass
 class QueueAges:
     """The age of each pool queue's oldest message: a CloudWatch metric (SQS exposes no API for it)."""
 
@@ -200,6 +215,7 @@ class GroupTelemetry:
     min_size: int | None
     max_size: int | None
     deployment_tag: str | None
+    on_demand_percentage: int | None = None  # None: not a mixed-instances group (or unknown)
 
 
 @dataclass
@@ -208,6 +224,7 @@ class AutoScalingFleets:
     group_names: Mapping[str, str]
     on_error: ErrorSink
     failure_window_seconds: float = 900.0
+    _mixed_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def telemetry(self) -> dict[str, GroupTelemetry]:
         unknown = GroupTelemetry(None, None, None, None, None, None)
@@ -226,11 +243,28 @@ class AutoScalingFleets:
                 continue
             states = [i.get("LifecycleState", "") for i in group.get("Instances", [])]
             tags = {t["Key"]: t["Value"] for t in group.get("Tags", [])}
+            mixed = group.get("MixedInstancesPolicy")
+            percentage = None
+            if mixed:
+                self._mixed_policies[pool] = mixed
+                percentage = mixed.get("InstancesDistribution", {}).get("OnDemandPercentageAboveBaseCapacity", 100)
             result[pool] = GroupTelemetry(
                 desired=group["DesiredCapacity"], in_service=sum(s == "InService" for s in states),
                 pending=sum(s.startswith("Pending") for s in states), min_size=group["MinSize"],
-                max_size=group["MaxSize"], deployment_tag=tags.get(DEPLOYMENT_TAG))
+                max_size=group["MaxSize"], deployment_tag=tags.get(DEPLOYMENT_TAG), on_demand_percentage=percentage)
         return result
+
+    def set_on_demand_percentage(self, pool: str, percentage: int) -> None:
+        """Spot <-> On-Demand for capacity launched from now on; running instances are left alone.
+
+        The whole policy as last read goes back with only the share changed, so the launch template and the
+        type overrides cannot be lost by a partial update."""
+        mixed = self._mixed_policies.get(pool)
+        if mixed is None:
+            raise LookupError(f"{self.group_names[pool]} has no mixed instances policy to change")
+        distribution = {**mixed.get("InstancesDistribution", {}), "OnDemandPercentageAboveBaseCapacity": percentage}
+        self.client.update_auto_scaling_group(AutoScalingGroupName=self.group_names[pool],
+                                              MixedInstancesPolicy={**mixed, "InstancesDistribution": distribution})
 
     def failed_launches(self, pool: str, now: float) -> int | None:
         try:

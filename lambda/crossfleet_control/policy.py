@@ -13,6 +13,12 @@ within the target wait (AWS's backlog-per-instance guidance), clamped to [min, m
 `max_scale_up_step` up per cycle, and down only after the want has stayed lower for `scale_in_delay_seconds`
 (then at most `max_scale_in_step` per cycle, never below the instances busy with in-flight jobs).
 Unknown telemetry holds a pool: no scaling, no moves into or out of it.
+
+Capacity health (see `capacity_health`): a short pool holds at what it has (no launches into a region that just
+said no, no scale-in of its running instances), its `either` jobs move to the other pool when they still meet
+their deadline there, and its GPU jobs that cannot are forwarded to the healthiest other configured region
+(never a pinned job, never outside the configuration). A probing pool grows one instance per cycle; a recovering
+one grows by its admit share of the usual step. A pool whose Spot is short runs On-Demand until Spot recovers.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from crossfleet_control.capacity_health import PoolHealth, failover_target
+from crossfleet_control.jobs import Job
 from crossfleet_control.policy_types import (
     ControllerMemory,
     Decision,
+    MarketDecision,
     Move,
     Observation,
     PolicySettings,
@@ -36,6 +45,8 @@ from crossfleet_control.policy_types import (
 )
 
 PAIRS = (("gpu", "cpu"), ("cpu", "gpu"))
+# Only GPU work fails over across regions: CPU capacity is plentiful, and every region has its own Graviton.
+FAILOVER_POOLS = ("gpu",)
 
 
 def clamp(value: int, low: int, high: int) -> int:
@@ -50,14 +61,15 @@ class _PoolLoad:
     telemetry: PoolTelemetry
     visible: int
     idle_slots: int
+    health: PoolHealth
 
     @property
     def slots(self) -> int:
         return (self.telemetry.in_service or 0) * self.spec.profile.streams
 
     def can_add_capacity(self) -> bool:
-        short = (self.telemetry.failed_launches or 0) > 0
-        return self.spec.max_size > 0 and not short
+        failing = (self.telemetry.failed_launches or 0) > 0
+        return self.spec.max_size > 0 and not failing and not self.health.short
 
     def eta_seconds(self) -> float:
         """Seconds until a job enqueued now would start on this pool."""
@@ -93,8 +105,14 @@ def _loads(observation: Observation, specs: Mapping[str, PoolSpec]) -> dict[str,
         assert telemetry is not None and telemetry.visible is not None and telemetry.in_flight is not None
         slots = (telemetry.in_service or 0) * spec.profile.streams
         idle = max(0, slots - telemetry.in_flight - telemetry.visible)
-        loads[name] = _PoolLoad(spec=spec, telemetry=telemetry, visible=telemetry.visible, idle_slots=idle)
+        loads[name] = _PoolLoad(spec=spec, telemetry=telemetry, visible=telemetry.visible, idle_slots=idle,
+                                health=observation.health_of(name))
     return loads
+
+
+def _failover_region(observation: Observation, settings: PolicySettings) -> tuple[str | None, str]:
+    others = tuple(r for r in observation.configured_regions if r != observation.region)
+    return failover_target(observation.peers, others, observation.now, settings.stale_peer_seconds)
 
 
 def plan_sampling(observation: Observation, specs: Mapping[str, PoolSpec],
@@ -121,6 +139,16 @@ def plan_sampling(observation: Observation, specs: Mapping[str, PoolSpec],
         count = min(budget, src.visible)
         requests.append(SampleRequest(pool=source, count=count, reason=reason))
         budget -= count
+    for pool in FAILOVER_POOLS:
+        load = loads.get(pool)
+        if (budget <= 0 or load is None or load.visible == 0 or not load.health.short
+                or observation.override(pool).frozen or any(r.pool == pool for r in requests)):
+            continue
+        target, why = _failover_region(observation, settings)
+        if target is not None:
+            count = min(budget, load.visible)
+            requests.append(SampleRequest(pool=pool, count=count, reason=f"{pool} short; {why}"))
+            budget -= count
     return tuple(requests)
 
 
@@ -137,34 +165,56 @@ def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settin
     loads = _loads(observation, specs)
     moves: list[Move] = []
     ordered = sorted(candidates, key=lambda c: (-c.job.priority, c.job.deadline_at()))
+    failover: tuple[str | None, str] | None = None
     for candidate in ordered[: settings.move_budget]:
         job, source = candidate.job, candidate.pool
         destination = "cpu" if source == "gpu" else "gpu"
-        if job.placement != "either" or not job.may_run_on(destination) or not job.may_run_on(source):
+        if job.moves >= settings.max_moves_per_job:
             continue
-        if job.moves >= settings.max_moves_per_job or not _movable(observation, source, destination):
-            continue
-        if source not in loads or destination not in loads:
-            continue
-        src, dst = loads[source], loads[destination]
-        remaining = job.deadline_at() - observation.now
-        finish_here = src.eta_seconds() + src.spec.profile.job_seconds(job)
-        finish_there = dst.eta_seconds() + dst.spec.profile.job_seconds(job)
-        meets_here, meets_there = finish_here <= remaining, finish_there <= remaining
-        numbers = (f"{source} finish {finish_here:.0f}s, {destination} finish {finish_there:.0f}s, "
-                   f"deadline in {remaining:.0f}s")
-        code = None
-        if meets_there and not meets_here:
-            code = "deadline"
-        elif meets_there and dst.idle_slots > 0 and src.eta_seconds() > 0 and finish_there <= finish_here:
-            code = "idle_capacity"
-        if code is None:
-            continue
-        moves.append(Move(job_id=job.id, source=source, destination=destination, reason=code, detail=numbers))
-        src.visible -= 1
-        dst.visible += 1
-        dst.idle_slots = max(0, dst.idle_slots - 1)
+        moved = None
+        if (job.placement == "either" and job.may_run_on(destination) and job.may_run_on(source)
+                and _movable(observation, source, destination) and source in loads and destination in loads):
+            moved = _within_region(job, source, destination, loads, observation.now)
+        if moved is None and source in FAILOVER_POOLS and source in loads and loads[source].health.short:
+            if failover is None:  # one ranking per cycle: every forwarded job goes to the same region
+                failover = _failover_region(observation, settings)
+            moved = _across_regions(job, source, loads[source], failover, observation)
+        if moved is not None:
+            moves.append(moved)
+            loads[source].visible -= 1
+            if moved.destination_region is None:
+                loads[destination].visible += 1
+                loads[destination].idle_slots = max(0, loads[destination].idle_slots - 1)
     return tuple(moves)
+
+
+def _across_regions(job: Job, source: str, load: _PoolLoad, failover: tuple[str | None, str],
+                    observation: Observation) -> Move | None:
+    """A job on a short pool goes to the same pool in the healthiest other configured region, unless pinned."""
+    target, why = failover
+    if target is None or job.region is not None or not job.may_run_on(source) or observation.override(source).frozen:
+        return None
+    return Move(job_id=job.id, source=source, destination=source, reason="failover", destination_region=target,
+                detail=f"{observation.region} {source} short ({load.health.reason}); {why}")
+
+
+def _within_region(job: Job, source: str, destination: str, loads: dict[str, _PoolLoad], now: float) -> Move | None:
+    """Within the region: the other pool when the job meets its deadline only there, or idle slots there."""
+    src, dst = loads[source], loads[destination]
+    remaining = job.deadline_at() - now
+    finish_here = src.eta_seconds() + src.spec.profile.job_seconds(job)
+    finish_there = dst.eta_seconds() + dst.spec.profile.job_seconds(job)
+    meets_here, meets_there = finish_here <= remaining, finish_there <= remaining
+    numbers = (f"{source} finish {finish_here:.0f}s, {destination} finish {finish_there:.0f}s, "
+               f"deadline in {remaining:.0f}s")
+    code = None
+    if meets_there and not meets_here:
+        code = "deadline"
+    elif meets_there and dst.idle_slots > 0 and src.eta_seconds() > 0 and finish_there <= finish_here:
+        code = "idle_capacity"
+    if code is None:
+        return None
+    return Move(job_id=job.id, source=source, destination=destination, reason=code, detail=numbers)
 
 
 def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Observation, memory: PoolMemory,
@@ -184,6 +234,16 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
     if override.frozen:
         note = f": {override.note}" if override.note else ""
         return PoolDecision(name, current, base, None, f"frozen by operator{note}", held=True), PoolMemory()
+
+    health = observation.health_of(name)
+    if health.short and override.pinned_desired is None:
+        # Launching into a pool that just said no only burns API calls and delays the failover; scaling in its
+        # running instances during the failover would make the shortage worse (failure case 21).
+        have = (telemetry.in_service or 0) + (telemetry.pending or 0)
+        hold = clamp(min(base, have), low, high)
+        return (PoolDecision(name, current, hold, None,
+                             f"capacity short: hold at {hold} ({have} in service or pending): {health.reason}"),
+                memory)
 
     streams = spec.profile.streams
 
@@ -217,8 +277,12 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
         keep = clamp(max(needed, needed_to_keep), low, high)
 
     if wanted > base:
-        desired = min(wanted, base + settings.max_scale_up_step)
+        # Capacity that is coming back is probed one instance at a time, then regained by its admit share.
+        limit = 1 if health.probing else max(1, math.floor(settings.max_scale_up_step * health.admit))
+        desired = min(wanted, base + limit)
         step = " (step-limited)" if desired < wanted else ""
+        if health.probing or health.admit < 1.0:
+            step += f" ({health.reason})"
         return PoolDecision(name, current, desired, wanted, f"scale up to {desired}{step}: {why}"), PoolMemory()
     wanted = keep
     if wanted < base:
@@ -251,4 +315,25 @@ def decide(observation: Observation, specs: Mapping[str, PoolSpec], settings: Po
         pools[name], new_memory[name] = size_pool(spec, observation.pools.get(name), observation,
                                                   memory.of(name), settings, delta[name])
     notes = tuple(f"{name}: {d.reason}" for name, d in pools.items() if d.held)
-    return Decision(pools=pools, moves=moves, memory=ControllerMemory(pools=new_memory), notes=notes)
+    return Decision(pools=pools, moves=moves, memory=ControllerMemory(pools=new_memory), notes=notes,
+                    markets=choose_markets(observation, specs))
+
+
+def choose_markets(observation: Observation, specs: Mapping[str, PoolSpec]) -> dict[str, MarketDecision]:
+    """Spot -> On-Demand while a pool's Spot breaker is not closed, back to the configured share once it is."""
+    markets = {}
+    for name, spec in specs.items():
+        if spec.on_demand_percentage >= 100:
+            continue  # no Spot configured: nothing to fall back from
+        current = observation.on_demand_percentage.get(name)
+        health = observation.health_of(name)
+        if observation.override(name).frozen:
+            markets[name] = MarketDecision(name, current, current if current is not None else
+                                           spec.on_demand_percentage, "frozen by operator")
+        elif health.spot_short:
+            markets[name] = MarketDecision(name, current, 100, f"Spot short, On-Demand until it recovers: "
+                                                                f"{health.reason}")
+        else:
+            markets[name] = MarketDecision(name, current, spec.on_demand_percentage,
+                                           f"Spot healthy: configured {spec.on_demand_percentage}% On-Demand")
+    return markets

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from crossfleet_control.capacity_health import PoolHealth, RegionSummary
 from crossfleet_control.jobs import Job
 from crossfleet_control.service_model import InstanceProfile
 
@@ -37,6 +38,10 @@ class PoolSpec:
     profile: InstanceProfile
     # Mean wall-clock seconds of a job on this pool's primary type, for sizing from queue counts alone.
     mean_job_seconds: float
+    # Every type the group may launch (its capacity health is the health of these).
+    instance_types: tuple[str, ...] = ()
+    # The configured On-Demand share above base: below 100 the pool uses Spot, and falls back when Spot is short.
+    on_demand_percentage: int = 100
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class PolicySettings:
     move_budget: int = 200
     # A job moved this often stays where it is: bounds ping-pong between pools.
     max_moves_per_job: int = 2
+    # Another region's capacity summary older than this is unknown (and unknown is never a failover target).
+    stale_peer_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,20 @@ class Observation:
     now: float
     pools: Mapping[str, PoolTelemetry]
     overrides: Mapping[str, Override] = field(default_factory=dict)
+    # Capacity health of this region's pools (from their breakers); absent means healthy.
+    health: Mapping[str, PoolHealth] = field(default_factory=dict)
+    # Other configured regions' GPU summaries, for failover; `configured_regions` bounds where work may go.
+    peers: Mapping[str, RegionSummary] = field(default_factory=dict)
+    region: str = ""
+    configured_regions: tuple[str, ...] = ()
+    # The On-Demand share each group runs with now (None: unknown or not a mixed-instances group).
+    on_demand_percentage: Mapping[str, int | None] = field(default_factory=dict)
 
     def override(self, pool: str) -> Override:
         return self.overrides.get(pool, Override())
+
+    def health_of(self, pool: str) -> PoolHealth:
+        return self.health.get(pool, PoolHealth())
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,21 @@ class Move:
     destination: str
     reason: str  # a short code, used as a metric dimension
     detail: str  # the numbers behind it, for the decision log
+    destination_region: str | None = None  # set for a failover to another configured region's pool
+
+
+@dataclass(frozen=True)
+class MarketDecision:
+    """Spot -> On-Demand fallback for one pool: the On-Demand share above base it should run with."""
+
+    pool: str
+    current: int | None
+    desired: int
+    reason: str
+
+    @property
+    def changes(self) -> bool:
+        return self.current is not None and self.current != self.desired
 
 
 @dataclass(frozen=True)
@@ -129,3 +162,4 @@ class Decision:
     moves: tuple[Move, ...]
     memory: ControllerMemory
     notes: tuple[str, ...] = ()
+    markets: Mapping[str, MarketDecision] = field(default_factory=dict)

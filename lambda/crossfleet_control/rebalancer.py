@@ -23,8 +23,20 @@ from crossfleet_control.adapters import (
     MalformedMessage,
     QueueAges,
     ReceivedJob,
+    RegionForwarder,
     SqsQueues,
 )
+from crossfleet_control.capacity_health import (
+    ANY_TYPE,
+    CLOSED,
+    STATUS_RANK,
+    Offering,
+    PoolHealth,
+    RegionSummary,
+    Signal,
+    pool_health,
+)
+from crossfleet_control.health_store import WRITE_ATTEMPTS, HealthStore
 from crossfleet_control.ledger import Ledger
 from crossfleet_control.metrics import MetricsRecorder
 from crossfleet_control.policy_types import Decision, Observation, PoolTelemetry, QueuedJob
@@ -45,6 +57,8 @@ class Dependencies:
     metrics: MetricsRecorder
     ledger: Ledger | None = None
     ages: QueueAges | None = None
+    health: HealthStore | None = None
+    forwarder: RegionForwarder | None = None
     clock: Callable[[], float] = time.time
 
 
@@ -62,6 +76,9 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
         print(f"crossfleet rebalancer error at {where}: {error}")
 
     dynamodb = session.client("dynamodb", config=config)
+    peer_dynamodb = {region: session.client("dynamodb", region_name=region, config=config)
+                     for region in settings.peers}
+    peer_sqs = {region: session.client("sqs", region_name=region, config=config) for region in settings.peers}
     return Dependencies(
         settings=settings,
         queues=SqsQueues(session.client("sqs", config=config),
@@ -74,6 +91,11 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
         ledger=Ledger(dynamodb, settings.table_name),
         ages=QueueAges(session.client("cloudwatch", config=config),
                        {p: s.queue_url.rsplit("/", 1)[-1] for p, s in settings.pools.items()}, on_error),
+        health=HealthStore(dynamodb, settings.table_name, settings.region,
+                           peers={r: (peer_dynamodb[r], peer.table_name) for r, peer in settings.peers.items()},
+                           on_error=on_error),
+        forwarder=RegionForwarder(peer_sqs, {r: peer.gpu_queue_url for r, peer in settings.peers.items()},
+                                  on_error),
     )
 
 
@@ -121,12 +143,13 @@ def run_cycle(deps: Dependencies, event: dict[str, Any], *, holder: str,
         metrics.flush()
 
 
-def observe(deps: Dependencies, now: float, overrides: dict[str, Any]) -> Observation:
+def observe(deps: Dependencies, now: float, overrides: dict[str, Any], *, record_signals: bool = False
+            ) -> Observation:
     """Everything the policy sees, read fresh from AWS (failure case 9: AWS is the source of truth)."""
     settings, metrics = deps.settings, deps.metrics
     groups = deps.fleets.telemetry()
     ages = deps.ages.oldest_ages(now) if deps.ages else {}
-    telemetry = {}
+    telemetry: dict[str, PoolTelemetry] = {}
     for pool in settings.pools:
         queue = deps.queues.telemetry(pool)
         group = groups[pool]
@@ -138,7 +161,55 @@ def observe(deps: Dependencies, now: float, overrides: dict[str, Any]) -> Observ
             visible=queue.visible, in_flight=queue.in_flight, oldest_age_seconds=ages.get(pool),
             desired=group.desired if tag_ok else None, in_service=group.in_service if tag_ok else None,
             pending=group.pending, failed_launches=deps.fleets.failed_launches(pool, now))
-    return Observation(now=now, pools=telemetry, overrides=overrides)
+    health, peers = _capacity(deps, telemetry, now, record_signals)
+    return Observation(now=now, pools=telemetry, overrides=overrides, health=health, peers=peers,
+                       region=settings.region, configured_regions=settings.configured_regions,
+                       on_demand_percentage={pool: groups[pool].on_demand_percentage for pool in settings.pools})
+
+
+def gap_signals(region: str, telemetry: dict[str, PoolTelemetry], pool_wide: dict[str, str],
+                now: float) -> list[Signal]:
+    """The group's own evidence: desired above in-service + pending while launches fail opens the pool-wide
+    breaker (after two cycles); a group that has everything it asked for closes a half-open one."""
+    signals = []
+    for pool, t in telemetry.items():
+        if t.desired is None or t.in_service is None:
+            continue
+        offering = Offering(region, pool, ANY_TYPE, "on-demand")
+        gap = t.desired - t.in_service - (t.pending or 0)
+        if gap > 0 and (t.failed_launches or 0) > 0:
+            signals.append(Signal(offering, "launch_gap", now,
+                                  f"desired {t.desired}, in service {t.in_service}, pending {t.pending}, "
+                                  f"{t.failed_launches} failed launches"))
+        elif gap <= 0 and t.desired > 0 and pool_wide.get(pool, CLOSED) != CLOSED:
+            signals.append(Signal(offering, "success", now, f"{t.in_service} of {t.desired} in service"))
+    return signals
+
+
+def _capacity(deps: Dependencies, telemetry: dict[str, PoolTelemetry], now: float,
+              record_signals: bool) -> tuple[dict[str, PoolHealth], dict[str, RegionSummary]]:
+    """This region's pool health (its breakers, plus the gap signals this cycle) and the other regions' GPU."""
+    settings = deps.settings
+    if deps.health is None:
+        return {}, {}
+    try:
+        breakers = deps.health.breakers()
+        if record_signals:
+            pool_wide = {b.offering.pool: b.state for b in breakers if b.offering.instance_type == ANY_TYPE
+                         and b.offering.market == "on-demand"}
+            signals = gap_signals(settings.region, telemetry, pool_wide, now)
+            if signals:
+                written = {b.offering: b for b in deps.health.record(signals)}
+                breakers = [written.pop(b.offering, b) for b in breakers] + list(written.values())
+    except Exception as error:
+        # Unknown health is not "short": the queue and group telemetry still drive the pools as before.
+        deps.metrics.add("Errors", 1, Operation="dynamodb.capacity_health")
+        print(f"crossfleet rebalancer: capacity health unreadable: {error}")
+        return {}, {}
+    health = {pool: pool_health([b for b in breakers if b.offering.pool == pool], spec.instance_types, now)
+              for pool, spec in settings.pools.items()}
+    peers = {r: s for r, s in deps.health.summaries().items() if r != settings.region}
+    return health, peers
 
 
 def plan(deps: Dependencies) -> dict[str, Any]:
@@ -165,7 +236,7 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         metrics.add("Errors", 1, Operation="dynamodb.load_controls")
         return {"status": "held", "reason": f"could not read controls: {error}"}
 
-    observation = observe(deps, now, overrides)
+    observation = observe(deps, now, overrides, record_signals=settings.mode == "enforce")
     # Sample move candidates only where the policy sees a reason to.
     received: list[ReceivedJob] = []
     malformed: list[MalformedMessage] = []
@@ -184,6 +255,7 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
     if settings.mode != "enforce":
         _release(deps, received, moved=set())
 
+    _publish_summary(deps, observation, decision)
     try:
         deps.state.save_memory(decision.memory, fence)
     except LeaseLost:
@@ -221,14 +293,30 @@ def _apply(deps: Dependencies, decision: Decision, received: list[ReceivedJob], 
             metrics.add("Errors", 1, Operation="autoscaling.set_desired_capacity")
             print(f"crossfleet rebalancer: set_desired_capacity {pool}={desired} failed: {error}")
 
+    for pool, market in decision.markets.items():
+        if not market.changes:
+            continue
+        try:
+            deps.fleets.set_on_demand_percentage(pool, market.desired)
+            applied.setdefault("markets", {})[pool] = market.desired
+        except Exception as error:
+            metrics.add("Errors", 1, Operation="autoscaling.update_auto_scaling_group")
+            print(f"crossfleet rebalancer: On-Demand share {pool}={market.desired} failed: {error}")
+
     by_id = {r.job.id: r for r in received}
     moved: set[str] = set()
-    for (source, destination), moves in _group_moves(decision).items():
+    for (source, destination, region), moves in _group_moves(decision).items():
         if time_left() <= 0:
             break
         jobs = [by_id[m.job_id] for m in moves if m.job_id in by_id]
         # Send-then-delete: the copy is durable in the destination queue before the original goes.
-        accepted = deps.queues.send_jobs(destination, [r.job.moved() for r in jobs])
+        if region is None:
+            accepted = deps.queues.send_jobs(destination, [r.job.moved() for r in jobs])
+        elif deps.forwarder is not None:
+            accepted = deps.forwarder.send_jobs(region, [r.job.moved() for r in jobs])
+            destination = f"{region}/{destination}"
+        else:
+            accepted = set()
         applied["move_failures"] += len(jobs) - len(accepted)
         sent = [r for r in jobs if r.job.id in accepted]
         deleted = deps.queues.delete(source, [r.receipt_handle for r in sent])
@@ -246,11 +334,31 @@ def _apply(deps: Dependencies, decision: Decision, received: list[ReceivedJob], 
     return applied
 
 
-def _group_moves(decision: Decision) -> dict[tuple[str, str], list[Any]]:
-    groups: dict[tuple[str, str], list[Any]] = {}
+def _group_moves(decision: Decision) -> dict[tuple[str, str, str | None], list[Any]]:
+    groups: dict[tuple[str, str, str | None], list[Any]] = {}
     for move in decision.moves:
-        groups.setdefault((move.source, move.destination), []).append(move)
+        groups.setdefault((move.source, move.destination, move.destination_region), []).append(move)
     return groups
+
+
+def _publish_summary(deps: Dependencies, observation: Observation, decision: Decision) -> None:
+    """This region's GPU capacity as the other regions' failover sees it (a summary nobody renews goes stale)."""
+    pool = "gpu"
+    if deps.health is None or pool not in deps.settings.pools:
+        return
+    telemetry, health = observation.pools.get(pool), observation.health_of(pool)
+    if telemetry is None or telemetry.missing():
+        return  # unknown is published as nothing: the summary ages out and peers stop sending work here
+    pool_decision = decision.pools[pool]
+    summary = RegionSummary(
+        region=deps.settings.region, status=health.status, admit=health.admit,
+        in_service=telemetry.in_service or 0,
+        desired=pool_decision.desired if pool_decision.desired is not None else telemetry.desired or 0,
+        max_size=deps.settings.pools[pool].max_size, queued=telemetry.visible or 0, updated_at=observation.now)
+    try:
+        deps.health.publish(summary)
+    except Exception:
+        deps.metrics.add("Errors", 1, Operation="dynamodb.publish_capacity")
 
 
 def _release(deps: Dependencies, received: list[ReceivedJob], *, moved: set[str]) -> None:
@@ -284,6 +392,9 @@ def _record(settings: Settings, observation: Observation, decision: Decision, ap
         "overrides": {pool: asdict(o) for pool, o in observation.overrides.items()},
         "pools": {pool: asdict(d) for pool, d in decision.pools.items()},
         "moves": [asdict(m) for m in decision.moves],
+        "health": {pool: asdict(h) for pool, h in observation.health.items()},
+        "peers": {region: asdict(p) for region, p in observation.peers.items()},
+        "markets": {pool: asdict(m) for pool, m in decision.markets.items()},
         "applied": applied,
         "notes": list(decision.notes),
         "summary": {
@@ -307,6 +418,9 @@ def _emit(metrics: MetricsRecorder, observation: Observation, decision: Decision
             metrics.put("DesiredCapacity", pool_decision.desired, Pool=pool)
         if pool_decision.held:
             metrics.add("Holds", 1, Pool=pool)
+    for pool, health in observation.health.items():
+        metrics.put("CapacityStatus", STATUS_RANK[health.status], Pool=pool)
+        metrics.put("SpotFallback", int(health.spot_short), Pool=pool)
     for move in decision.moves:
         metrics.add("MovesDecided", 1, Reason=move.reason)
     if applied:
@@ -325,6 +439,9 @@ def api_call_bound(settings: Settings) -> int:
     """
     pools = len(settings.pools)
     fixed = 2 + 1 + 1 + 1 + 2 * pools + 1 + pools + 2
+    # Capacity health: breakers query, a gap signal per pool (read + conditional write, retried on conflict),
+    # every configured region's summary, this region's summary, an On-Demand share change per pool.
+    fixed += 1 + 2 * WRITE_ATTEMPTS * pools + (1 + len(settings.peers)) + 1 + pools
     batches = math.ceil(settings.policy.move_budget / 10) + len(settings.pools)
     ledger_writes = math.ceil(settings.policy.move_budget / 25) + len(settings.pools)
     return fixed + 4 * batches + ledger_writes + 2 * settings.policy.move_budget

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crossfleet_control.capacity_health import SHORT, RegionSummary, admits, failover_target, pool_health
+from crossfleet_control.capacity_health import PoolHealth as CapacityHealth
 from crossfleet_control.jobs import Job, JobRejected, parse_job
 from crossfleet_control.ledger import Ledger
 from crossfleet_control.metrics import MetricsRecorder
@@ -23,41 +25,76 @@ from crossfleet_control.metrics import MetricsRecorder
 
 @dataclass(frozen=True)
 class PoolHealth:
-    accepting: bool
+    """The router's view of a pool: the share of new `either` work it admits, and whether it is short."""
+
+    admit: float = 1.0
     reason: str = ""
+    short: bool = False
+
+    @property
+    def accepting(self) -> bool:
+        return self.admit > 0
 
 
 def choose_pool(job: Job, health: Mapping[str, PoolHealth]) -> tuple[str, str]:
-    """Pure placement rule: (pool, why). `*_only` jobs always go to their one pool, whatever its health."""
+    """Pure placement rule: (pool, why). `*_only` jobs always go to their one pool, whatever its health.
+
+    An `either` job goes to its preferred pool unless that pool admits less than all new work (short, probing or
+    ramping back after a shortage) and this job falls outside the admitted share (decided by its id, so a
+    redelivery lands in the same place), and the other pool is accepting."""
     if job.placement != "either":
         pool = job.allowed_pools()[0]
         return pool, f"placement {job.placement}"
     preferred = job.preference
     other = "cpu" if preferred == "gpu" else "gpu"
-    if not health.get(preferred, PoolHealth(True)).accepting and health.get(other, PoolHealth(True)).accepting:
-        return other, f"preferred {preferred} not accepting ({health[preferred].reason})"
+    mine = health.get(preferred, PoolHealth())
+    if not admits(job.id, mine.admit) and health.get(other, PoolHealth()).accepting:
+        return other, f"preferred {preferred} admitting {mine.admit:.0%} ({mine.reason})"
     return preferred, f"preference {preferred}"
+
+
+def choose_region(job: Job, pool: str, health: Mapping[str, PoolHealth],
+                  failover: tuple[str | None, str]) -> tuple[str | None, str]:
+    """Another configured region for a GPU job whose pool here is short; None keeps it here. Never a pinned job."""
+    if pool != "gpu" or job.region is not None or not health.get(pool, PoolHealth()).short:
+        return None, ""
+    return failover
 
 
 def health_from_decision(record: Mapping[str, Any] | None) -> dict[str, PoolHealth]:
     """What the rebalancer last saw: a pool frozen by an operator, unable to launch with nothing in service, or
-    capped at zero is not accepting new `either` work."""
+    pinned at zero takes no new `either` work; its capacity health (admit share) carries over."""
     if not record:
         return {}
     health = {}
     for pool, observed in record.get("observation", {}).items():
         override = record.get("overrides", {}).get(pool, {})
         decision = record.get("pools", {}).get(pool, {})
+        capacity = record.get("health", {}).get(pool, {})
         if override.get("frozen"):
-            health[pool] = PoolHealth(False, "frozen by operator")
+            health[pool] = PoolHealth(0.0, "frozen by operator")
         elif (observed.get("failed_launches") or 0) > 0 and not observed.get("in_service"):
-            health[pool] = PoolHealth(False, "launches failing and nothing in service")
+            health[pool] = PoolHealth(0.0, "launches failing and nothing in service")
         elif decision.get("desired") == 0 and decision.get("wanted") == 0 and observed.get("desired") == 0 \
                 and "pinned" in decision.get("reason", ""):
-            health[pool] = PoolHealth(False, "pinned at zero")
+            health[pool] = PoolHealth(0.0, "pinned at zero")
         else:
-            health[pool] = PoolHealth(True)
+            health[pool] = PoolHealth(float(capacity.get("admit", 1.0)), capacity.get("reason", ""),
+                                      capacity.get("status") == SHORT)
     return health
+
+
+def merge_health(*views: Mapping[str, PoolHealth]) -> dict[str, PoolHealth]:
+    """The most cautious view of each pool wins."""
+    merged: dict[str, PoolHealth] = {}
+    for view in views:
+        for pool, health in view.items():
+            known = merged.get(pool)
+            if known is None or health.admit < known.admit or (health.short and not known.short):
+                merged[pool] = PoolHealth(min(health.admit, known.admit) if known else health.admit,
+                                          health.reason or (known.reason if known else ""),
+                                          health.short or bool(known and known.short))
+    return merged
 
 
 @dataclass
@@ -67,10 +104,22 @@ class RouterSettings:
     table_name: str
     queue_urls: dict[str, str]
     rejects_url: str
+    # Failover: the other configured regions' GPU queues (nothing else is ever a destination).
+    peer_gpu_queue_urls: dict[str, str] = field(default_factory=dict)
+    pool_instance_types: dict[str, list[str]] = field(default_factory=dict)
+    stale_peer_seconds: float = 300.0
 
     @classmethod
     def from_json(cls, text: str) -> RouterSettings:
         return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class RoutingView:
+    """Read once per batch: each local pool's health and the failover target for GPU work, if any."""
+
+    pools: Mapping[str, PoolHealth]
+    failover: tuple[str | None, str] = (None, "")
 
 
 @dataclass
@@ -78,7 +127,7 @@ class Router:
     settings: RouterSettings
     sqs: Any
     ledger: Ledger
-    health: Callable[[], dict[str, PoolHealth]]
+    health: Callable[[], RoutingView]
     metrics: MetricsRecorder
     sqs_for_region: Callable[[str], Any] | None = None
     _intake_urls: dict[str, str] = field(default_factory=dict)
@@ -96,7 +145,7 @@ class Router:
         self.metrics.flush()
         return {"batchItemFailures": failures}
 
-    def _route(self, body: str, health: dict[str, PoolHealth]) -> None:
+    def _route(self, body: str, view: RoutingView) -> None:
         try:
             job = parse_job(body)
         except JobRejected as rejected:
@@ -105,12 +154,22 @@ class Router:
         if job.region and job.region != self.settings.region:
             self._forward(job)
             return
-        pool, why = choose_pool(job, health)
-        self.sqs.send_message(QueueUrl=self.settings.queue_urls[pool], MessageBody=job.to_json(),
-                              MessageAttributes={"job_id": {"DataType": "String", "StringValue": job.id}})
+        pool, why = choose_pool(job, view.pools)
+        region, region_why = choose_region(job, pool, view.pools, view.failover)
+        attributes = {"job_id": {"DataType": "String", "StringValue": job.id}}
+        if region is not None and region in self.settings.peer_gpu_queue_urls:
+            client = self.sqs_for_region(region) if self.sqs_for_region else self.sqs
+            client.send_message(QueueUrl=self.settings.peer_gpu_queue_urls[region], MessageBody=job.to_json(),
+                                MessageAttributes=attributes)
+            self.metrics.add("FailedOver", 1, Region=region)
+            why = f"{why}; {self.settings.region} {pool} short, failover: {region_why}"
+        else:
+            region = self.settings.region
+            self.sqs.send_message(QueueUrl=self.settings.queue_urls[pool], MessageBody=job.to_json(),
+                                  MessageAttributes=attributes)
         self.metrics.add("Routed", 1, Pool=pool)
         try:
-            if not self.ledger.record_queued(job.id, pool=pool, region=self.settings.region, via=f"router: {why}"):
+            if not self.ledger.record_queued(job.id, pool=pool, region=region, via=f"router: {why}"):
                 self.metrics.add("DuplicateSubmissions")
         except Exception:
             # The job is durable in its pool queue; the worker's claim creates the ledger entry if this did not.
@@ -139,6 +198,32 @@ class Router:
                 self.metrics.add("Errors", 1, Operation="ledger.record_rejected")
 
 
+def routing_view(state: Any, store: Any, pool_types: Mapping[str, list[str]], configured: tuple[str, ...],
+                 now: float, stale_after_seconds: float) -> RoutingView:
+    """Fresh breakers (the capacity-events Lambda writes them within seconds of a failed launch), plus what the
+    rebalancer last recorded: operator holds and the other regions' GPU summaries. Unreadable is "accepting"
+    here and no failover: placement falls back to the producer's preference, and the rebalancer corrects it."""
+    try:
+        latest = state.recent_decisions(1)
+    except Exception:
+        latest = []
+    record = latest[0] if latest else None
+    views = [health_from_decision(record)]
+    try:
+        breakers = store.breakers()
+        views.append({pool: _routing(pool_health([b for b in breakers if b.offering.pool == pool], types, now))
+                      for pool, types in pool_types.items()})
+    except Exception:
+        pass
+    peers = {region: RegionSummary(**summary) for region, summary in (record or {}).get("peers", {}).items()}
+    others = tuple(r for r in configured if r != configured[0])
+    return RoutingView(merge_health(*views), failover_target(peers, others, now, stale_after_seconds))
+
+
+def _routing(health: CapacityHealth) -> PoolHealth:
+    return PoolHealth(health.admit, health.reason, health.short)
+
+
 _ROUTER: Router | None = None
 
 
@@ -147,18 +232,19 @@ def build_router(settings: RouterSettings, *, session: Any = None) -> Router:
     from botocore.config import Config
 
     from crossfleet_control.adapters import ControllerState
+    from crossfleet_control.health_store import HealthStore
 
     config = Config(retries={"mode": "standard", "max_attempts": 4})
     session = session or boto3.session.Session(region_name=settings.region)
     dynamodb = session.client("dynamodb", config=config)
     state = ControllerState(dynamodb, settings.table_name, settings.region)
 
-    def health() -> dict[str, PoolHealth]:
-        try:
-            latest = state.recent_decisions(1)
-        except Exception:
-            return {}  # no health is "accepting": placement falls back to the producer's preference
-        return health_from_decision(latest[0] if latest else None)
+    store = HealthStore(dynamodb, settings.table_name, settings.region)
+    configured = (settings.region, *settings.peer_gpu_queue_urls)
+
+    def health() -> RoutingView:
+        return routing_view(state, store, settings.pool_instance_types, configured, time.time(),
+                            settings.stale_peer_seconds)
 
     return Router(settings=settings, sqs=session.client("sqs", config=config),
                   ledger=Ledger(dynamodb, settings.table_name), health=health,

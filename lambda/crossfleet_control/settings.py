@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from crossfleet_control.jobs import Job
@@ -30,18 +30,35 @@ class PoolSettings:
     accelerators: int
     min_size: int
     max_size: int
+    # Every type the group may launch, and its configured On-Demand share above base (100: no Spot).
+    instance_types: tuple[str, ...] = ()
+    on_demand_percentage: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "instance_types", tuple(self.instance_types) or (self.instance_type,))
 
     def spec(self, name: str) -> PoolSpec:
         return pool_spec(name, self.instance_type, vcpus=self.vcpus, accelerators=self.accelerators,
-                         min_size=self.min_size, max_size=self.max_size)
+                         min_size=self.min_size, max_size=self.max_size, instance_types=self.instance_types,
+                         on_demand_percentage=self.on_demand_percentage)
+
+
+@dataclass(frozen=True)
+class PeerRegion:
+    """Another configured region: where failed-over GPU work goes, and where its capacity summary is read."""
+
+    gpu_queue_url: str
+    table_name: str
 
 
 def pool_spec(name: str, instance_type: str, *, vcpus: int, accelerators: int, min_size: int,
-              max_size: int) -> PoolSpec:
+              max_size: int, instance_types: tuple[str, ...] = (), on_demand_percentage: int = 100) -> PoolSpec:
     """The policy's view of a pool; the Lambda and the simulator both build it here."""
     profile = profile_for(instance_type, vcpus=vcpus, accelerators=accelerators)
     return PoolSpec(name=name, min_size=min_size, max_size=max_size, profile=profile,
-                    mean_job_seconds=profile.job_seconds(REFERENCE_JOB))
+                    mean_job_seconds=profile.job_seconds(REFERENCE_JOB),
+                    instance_types=tuple(instance_types) or (instance_type,),
+                    on_demand_percentage=on_demand_percentage)
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,11 @@ class Settings:
     decision_ttl_seconds: int
     pools: Mapping[str, PoolSettings]
     policy: PolicySettings
+    peers: Mapping[str, PeerRegion] = field(default_factory=dict)
+
+    @property
+    def configured_regions(self) -> tuple[str, ...]:
+        return (self.region, *self.peers)
 
     def specs(self) -> dict[str, PoolSpec]:
         return {name: pool.spec(name) for name, pool in self.pools.items()}
@@ -66,6 +88,8 @@ class Settings:
             deployment=raw["deployment"], region=raw["region"], mode=raw["mode"], table_name=raw["table_name"],
             schedule_seconds=int(raw["schedule_seconds"]), lease_seconds=int(raw["lease_seconds"]),
             decision_ttl_seconds=int(raw["decision_ttl_seconds"]),
-            pools={name: PoolSettings(**pool) for name, pool in raw["pools"].items()},
+            pools={name: PoolSettings(**{**pool, "instance_types": tuple(pool.get("instance_types", ()))})
+                   for name, pool in raw["pools"].items()},
             policy=PolicySettings(**raw["policy"]),
+            peers={name: PeerRegion(**peer) for name, peer in raw.get("peers", {}).items()},
         )

@@ -10,6 +10,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from stacks.constructs.controller_function import controller_function
+from stacks.constructs.rebalancer import PeerNames
 from stacks.constructs.state_table import StateTable
 from stacks.constructs.work_queues import WorkQueues
 
@@ -19,12 +20,17 @@ class IntakeRouter(Construct):
     log_group: logs.LogGroup
 
     def __init__(self, scope: Construct, id_: str, *, deployment: str, region: str, queues: WorkQueues,
-                 state: StateTable, regions: tuple[str, ...]) -> None:
+                 state: StateTable, regions: tuple[str, ...], pool_instance_types: dict[str, tuple[str, ...]],
+                 peers: tuple[PeerNames, ...] = ()) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
         settings = {"deployment": deployment, "region": region, "table_name": state.table.table_name,
                     "queue_urls": {pool: q.queue.queue_url for pool, q in queues.pools.items()},
-                    "rejects_url": queues.rejects.queue_url}
+                    "rejects_url": queues.rejects.queue_url,
+                    "pool_instance_types": {pool: list(types) for pool, types in pool_instance_types.items()},
+                    "peer_gpu_queue_urls": {
+                        peer.region: f"https://sqs.{peer.region}.amazonaws.com/{stack.account}/{peer.gpu_queue_name}"
+                        for peer in peers}}
         controller = controller_function(
             self, handler="crossfleet_control.router.handler",
             description=f"crossfleet intake router for {deployment} in {region}",
@@ -45,3 +51,9 @@ class IntakeRouter(Construct):
                 resources=[Arn.format(ArnComponents(service="sqs", region=other,
                                                     resource=f"{deployment}-{other}-intake"), stack)
                            for other in others]))
+        if peers:
+            # GPU jobs arriving while this region's GPUs are short go to a healthy configured region's GPU queue.
+            role.add_to_policy(iam.PolicyStatement(
+                sid="FailoverToOtherConfiguredRegionsGpuQueue", actions=["sqs:SendMessage"],
+                resources=[Arn.format(ArnComponents(service="sqs", region=peer.region, resource=peer.gpu_queue_name),
+                                      stack) for peer in peers]))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aws_cdk import Arn, ArnComponents, ArnFormat, Duration, Stack
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -19,14 +22,36 @@ from stacks.constructs.work_queues import WorkQueues
 DEPLOYMENT_TAG = "crossfleet:deployment"
 
 
+@dataclass(frozen=True)
+class PoolGroup:
+    """What the rebalancer is told about one pool's Auto Scaling group."""
+
+    group_name: str
+    instance_types: tuple[str, ...]  # priority order; the first sizes the pool
+    min_size: int
+    max_size: int
+    on_demand_percentage: int  # configured share above base; 100 means no Spot
+    launch_template: ec2.LaunchTemplate
+    instance_role: iam.IRole
+
+
+@dataclass(frozen=True)
+class PeerNames:
+    """Another configured region's names, which follow the deployment's naming convention."""
+
+    region: str
+    gpu_queue_name: str
+    table_name: str
+
+
 class Rebalancer(Construct):
     function: lambda_.Function
     schedule: events.Rule
     log_group: logs.LogGroup
 
     def __init__(self, scope: Construct, id_: str, *, config: RebalancerConfig, deployment: str, region: str,
-                 queues: WorkQueues, state: StateTable, groups: dict[str, tuple[str, str, int, int]]) -> None:
-        """`groups` maps pool -> (ASG name, primary instance type, min size, max size)."""
+                 queues: WorkQueues, state: StateTable, groups: dict[str, PoolGroup],
+                 peers: tuple[PeerNames, ...] = ()) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
         schedule_seconds = config.schedule_minutes * 60
@@ -39,12 +64,18 @@ class Rebalancer(Construct):
             "schedule_seconds": schedule_seconds, "lease_seconds": timeout_seconds + 5,
             "decision_ttl_seconds": config.decision_ttl_days * 86400,
             "pools": {pool: {
-                "group_name": name, "queue_url": queues.pools[pool].queue.queue_url,
+                "group_name": g.group_name, "queue_url": queues.pools[pool].queue.queue_url,
                 "dead_letter_url": queues.pools[pool].dead_letter_queue.queue_url,
-                "instance_type": instance_type, "vcpus": table[instance_type].vcpus,
-                "accelerators": table[instance_type].accelerator_count, "min_size": min_size, "max_size": max_size,
-            } for pool, (name, instance_type, min_size, max_size) in groups.items()},
+                "instance_type": g.instance_types[0], "vcpus": table[g.instance_types[0]].vcpus,
+                "accelerators": table[g.instance_types[0]].accelerator_count, "min_size": g.min_size,
+                "max_size": g.max_size, "instance_types": list(g.instance_types),
+                "on_demand_percentage": g.on_demand_percentage,
+            } for pool, g in groups.items()},
             "policy": config.policy_fields(),
+            # Failover targets: only the other configured regions, by name (same account, same convention).
+            "peers": {peer.region: {
+                "gpu_queue_url": f"https://sqs.{peer.region}.amazonaws.com/{stack.account}/{peer.gpu_queue_name}",
+                "table_name": peer.table_name} for peer in peers},
         }
 
         controller = controller_function(
@@ -66,12 +97,38 @@ class Rebalancer(Construct):
         state.table.grant_read_write_data(role)
         group_arns = [Arn.format(ArnComponents(
             service="autoscaling", resource="autoScalingGroup",
-            resource_name=f"*:autoScalingGroupName/{name}", arn_format=ArnFormat.COLON_RESOURCE_NAME), stack)
-            for name, _, _, _ in groups.values()]
+            resource_name=f"*:autoScalingGroupName/{g.group_name}", arn_format=ArnFormat.COLON_RESOURCE_NAME), stack)
+            for g in groups.values()]
         role.add_to_policy(iam.PolicyStatement(
-            sid="SizeOnlyThisDeploymentsGroups", actions=["autoscaling:SetDesiredCapacity"],
+            sid="SizeOnlyThisDeploymentsGroups",
+            # UpdateAutoScalingGroup switches Spot <-> On-Demand (the On-Demand share of the mixed policy).
+            actions=["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup"],
             resources=group_arns,
             conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
+        spot_groups = [g for g in groups.values() if g.on_demand_percentage < 100]
+        if spot_groups:
+            # Updating a mixed-instances policy re-submits its launch template, which needs permission to use
+            # that template (and only it) and to pass its instance role to EC2.
+            role.add_to_policy(iam.PolicyStatement(
+                sid="UseOwnLaunchTemplatesOnly", actions=["ec2:RunInstances", "ec2:CreateTags"],
+                resources=["*"],
+                conditions={"ArnLike": {"ec2:LaunchTemplate": [Arn.format(ArnComponents(
+                    service="ec2", resource="launch-template", resource_name=g.launch_template.launch_template_id),
+                    stack) for g in spot_groups]}, "Bool": {"ec2:IsLaunchTemplateResource": "true"}}))
+            role.add_to_policy(iam.PolicyStatement(
+                sid="PassOwnInstanceRoles", actions=["iam:PassRole"],
+                resources=[g.instance_role.role_arn for g in spot_groups],
+                conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}))
+        if peers:
+            role.add_to_policy(iam.PolicyStatement(
+                sid="FailoverToOtherConfiguredRegionsGpuQueue", actions=["sqs:SendMessage"],
+                resources=[Arn.format(ArnComponents(service="sqs", region=peer.region, resource=peer.gpu_queue_name),
+                                      stack) for peer in peers]))
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ReadOtherRegionsCapacitySummaryOnly", actions=["dynamodb:GetItem"],
+                resources=[Arn.format(ArnComponents(service="dynamodb", region=peer.region, resource="table",
+                                                    resource_name=peer.table_name), stack) for peer in peers],
+                conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["capacity#*"]}}))
         role.add_to_policy(iam.PolicyStatement(
             sid="DescribeGroupsAndActivities",
             actions=["autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities"],

@@ -13,10 +13,11 @@ from crossfleet_control.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBU
 class StateTable(Construct):
     table: dynamodb.Table
 
-    def __init__(self, scope: Construct, id_: str, *, config: StateConfig) -> None:
+    def __init__(self, scope: Construct, id_: str, *, config: StateConfig, table_name: str) -> None:
+        """A fixed name: the other configured regions read this region's capacity summary from it."""
         super().__init__(scope, id_)
         self.table = dynamodb.Table(
-            self, "Table",
+            self, "Table", table_name=table_name,
             partition_key=dynamodb.Attribute(name=PARTITION_KEY, type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name=SORT_KEY, type=dynamodb.AttributeType.STRING),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,

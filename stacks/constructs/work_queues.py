@@ -25,16 +25,18 @@ class WorkQueues(Construct):
     rejects: sqs.Queue
 
     def __init__(self, scope: Construct, id_: str, *, config: QueueConfig, pools: tuple[str, ...],
-                 intake_queue_name: str) -> None:
+                 intake_queue_name: str, pool_queue_names: dict[str, str]) -> None:
+        """Pool queues have fixed names: another region's rebalancer forwards GPU work to them on failover."""
         super().__init__(scope, id_)
         retention = Duration.days(config.retention_days)
         self.pools = {}
         for pool in pools:
             # The DLQ keeps messages the longest SQS allows, so a poison job is there to inspect.
             dlq = sqs.Queue(self, f"{pool.capitalize()}DeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
+                            queue_name=f"{pool_queue_names[pool]}-dlq",
                             enforce_ssl=True, retention_period=Duration.days(14))
             queue = sqs.Queue(
-                self, f"{pool.capitalize()}Jobs",
+                self, f"{pool.capitalize()}Jobs", queue_name=pool_queue_names[pool],
                 encryption=sqs.QueueEncryption.SQS_MANAGED,
                 enforce_ssl=True,
                 retention_period=retention,
