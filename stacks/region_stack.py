@@ -92,7 +92,8 @@ class RegionStack(Stack):
                                 state_table_name(deployment, r.region)) for r in config.regions if r.region != name)
         self.rebalancer = Rebalancer(
             self, "Rebalancer", config=config.rebalancer, deployment=deployment, region=name,
-            queues=self.queues, state=self.state, groups=pool_groups, peers=peers)
+            queues=self.queues, state=self.state, groups=pool_groups, peers=peers,
+            max_receive_count=config.queues.max_receive_count)
         self.capacity_events = CapacityEvents(
             self, "CapacityEvents", deployment=deployment, region=name, state=self.state, groups=group_names,
             capacity_block_id=accelerators.capacity_block_id,

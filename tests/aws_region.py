@@ -131,7 +131,8 @@ def build_region(name: str = "us-east-1", *, cpu_desired: int = 1, gpu_desired: 
     settings = Settings(deployment=DEPLOYMENT, region=name, mode="enforce", table_name=f"{DEPLOYMENT}-state",
                         schedule_seconds=60, lease_seconds=55, decision_ttl_seconds=86400, pools=pools,
                         policy=PolicySettings(target_wait_seconds=120, scale_in_delay_seconds=600,
-                                              max_scale_up_step=10, max_scale_in_step=2, move_budget=200))
+                                              max_scale_up_step=10, max_scale_in_step=2, move_budget=200),
+                        max_receive_count=config.queues.max_receive_count)
     intake_url = sqs.create_queue(QueueName=f"{DEPLOYMENT}-{name}-intake")["QueueUrl"]
     rejects_url = sqs.create_queue(QueueName=f"{DEPLOYMENT}-{name}-rejects")["QueueUrl"]
     bucket = f"{DEPLOYMENT}-{name}-results"

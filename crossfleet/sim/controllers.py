@@ -9,7 +9,18 @@ from collections.abc import Callable
 
 from crossfleet.sim.engine import JobRecord, Pool, Simulation
 from crossfleet_control import policy
+from crossfleet_control.capacity_health import (
+    Breaker,
+    Offering,
+    RegionSummary,
+    Signal,
+    apply,
+    failover_target,
+    pool_health,
+)
+from crossfleet_control.capacity_health import PoolHealth as CapacityHealth
 from crossfleet_control.policy_types import ControllerMemory, Observation, PolicySettings, QueuedJob
+from crossfleet_control.router import PoolHealth, place
 
 # What the Lambda's cycle costs in AWS calls, as measured in tests/test_rebalancer_faults.py: an idle cycle
 # makes 15 in one region (one more per other configured region); each 10 sampled messages add a receive, and
@@ -18,22 +29,58 @@ IDLE_CYCLE_CALLS = 15
 
 
 class CrossfleetPolicy:
-    """The rebalancer: the very functions the Lambda calls (`crossfleet_control.policy`), on the same period."""
+    """The rebalancer: the very functions the Lambda calls (`crossfleet_control.policy`), on the same period.
+
+    Capacity health works as deployed: each failed launch the engine reports is an insufficient-capacity signal
+    and each launch a success, applied to the same breakers (`capacity_health`); each region publishes its GPU
+    summary at its control step and the others read the last one published. New work is placed by the router's
+    own rules (`crossfleet_control.router`), including the failover of GPU-only work.
+    """
 
     name = "crossfleet"
 
     def __init__(self, settings: PolicySettings) -> None:
         self.settings = settings
         self.memory: dict[str, ControllerMemory] = {}
+        self.breakers: dict[tuple[str, str], dict[Offering, Breaker]] = {}
+        self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # failed and successful launches already signalled
+        self.health: dict[str, dict[str, CapacityHealth]] = {}
+        self.summaries: dict[str, RegionSummary] = {}
+        self.now = 0.0
 
-    def route(self, record: JobRecord) -> str:
-        return record.job.preference
+    def route(self, record: JobRecord) -> str | tuple[str, str]:
+        health = {pool: PoolHealth(h.admit, h.reason, h.short)
+                  for pool, h in self.health.get(record.region, {}).items()}
+        others = tuple(r for r in self.summaries if r != record.region)
+        target, pool, _ = place(record.job, health, failover_target(
+            {r: self.summaries[r] for r in others}, others, self.now, self.settings.stale_peer_seconds))
+        return (target, pool) if target is not None else pool
+
+    def _signal(self, now: float, region: str, pools: dict[str, Pool]) -> None:
+        for name, pool in pools.items():
+            key = (region, name)
+            breakers = self.breakers.setdefault(key, {})
+            offering = Offering(region, name, pool.config.instance_type, "on-demand")
+            failed_seen, launched_seen = self.seen.get(key, (0, len(pool.launched)))
+            for at in pool.failed_launches[failed_seen:]:
+                breakers[offering] = apply(breakers.get(offering, Breaker(offering)),
+                                           Signal(offering, "insufficient_capacity", at, "launch failed"))
+            for at in pool.launched[launched_seen:]:
+                breakers[offering] = apply(breakers.get(offering, Breaker(offering)),
+                                           Signal(offering, "success", at, "launched"))
+            self.seen[key] = (len(pool.failed_launches), len(pool.launched))
+            self.health.setdefault(region, {})[name] = pool_health(breakers.values(), (pool.config.instance_type,),
+                                                                   now)
 
     def control(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> None:
+        self.now = now
+        self._signal(now, region, pools)
         specs = {name: pool.spec for name, pool in pools.items()}
         telemetry = {name: pool.telemetry(now) for name, pool in pools.items()}
-        observation = Observation(now=now, pools=telemetry)
-        calls = IDLE_CYCLE_CALLS
+        observation = Observation(now=now, pools=telemetry, health=self.health[region], region=region,
+                                  configured_regions=tuple(sim.pools),
+                                  peers={r: s for r, s in self.summaries.items() if r != region})
+        calls = IDLE_CYCLE_CALLS + len(sim.pools) - 1
         sampled: dict[str, list[JobRecord]] = {}
         for request in policy.plan_sampling(observation, specs, self.settings):
             sampled[request.pool] = list(itertools.islice(pools[request.pool].queue, request.count))
@@ -43,11 +90,12 @@ class CrossfleetPolicy:
                                  candidates)
         self.memory[region] = decision.memory
         by_id = {r.job.id: r for records in sampled.values() for r in records}
-        moved_by_route: dict[tuple[str, str], list[JobRecord]] = {}
+        moved_by_route: dict[tuple[str, str, str], list[JobRecord]] = {}
         for move in decision.moves:
-            moved_by_route.setdefault((move.source, move.destination), []).append(by_id[move.job_id])
-        for (source, destination), records in moved_by_route.items():
-            sim.move_many(records, pools[source], pools[destination], now)
+            route = (move.source, move.destination_region or region, move.destination)
+            moved_by_route.setdefault(route, []).append(by_id[move.job_id])
+        for (source, destination_region, destination), records in moved_by_route.items():
+            sim.move_many(records, pools[source], sim.pools[destination_region][destination], now)
             calls += 2 * math.ceil(len(records) / 10)
         unmoved = len(candidates) - len(decision.moves)
         calls += math.ceil(unmoved / 10)
@@ -55,6 +103,10 @@ class CrossfleetPolicy:
             if pool_decision.desired is not None and pool_decision.desired != pools[name].desired:
                 sim.set_desired(pools[name], pool_decision.desired, now)
                 calls += 1
+        gpu, health = pools["gpu"], self.health[region]["gpu"]
+        gpu_telemetry = telemetry["gpu"]
+        self.summaries[region] = RegionSummary(region, health.status, health.admit, gpu_telemetry.in_service or 0,
+                                               gpu.desired, gpu.spec.max_size, gpu_telemetry.visible or 0, now)
         sim.api_calls += calls
 
 

@@ -30,7 +30,7 @@ LAUNCH_FAILURE_WINDOW = 900.0  # seconds of failed launches the controller is sh
 
 
 class JobRecord:
-    __slots__ = ("arrived", "attempts", "enqueued", "finish", "job", "pools_run", "region", "start")
+    __slots__ = ("arrived", "attempts", "enqueued", "finish", "job", "pools_run", "region", "regions_run", "start")
 
     def __init__(self, job: Job, region: str, arrived: float) -> None:
         self.job = job
@@ -41,6 +41,7 @@ class JobRecord:
         self.finish: float | None = None
         self.attempts = 0
         self.pools_run: list[str] = []
+        self.regions_run: list[str] = []
 
 
 class Instance:
@@ -75,6 +76,7 @@ class Pool:
     slots: list[tuple[float, int]] = field(default_factory=list)  # heap of (free_at, instance index)
     desired: int = 0
     failed_launches: list[float] = field(default_factory=list)
+    launched: list[float] = field(default_factory=list)  # successful launch times (the capacity signals' successes)
     price_factor: float = 1.0
     cost_usd: float = 0.0
     instance_seconds: float = 0.0
@@ -95,6 +97,7 @@ class Pool:
 
     def launch(self, now: float) -> None:
         self.instances.append(Instance(now, self.profile.boot_seconds))
+        self.launched.append(now)
         index = len(self.instances) - 1
         for _ in range(self.profile.streams):
             heapq.heappush(self.slots, (self.instances[index].ready_at, index))
@@ -118,6 +121,7 @@ class Pool:
             finish = start + profile.job_seconds_at(record.job, active)
             record.start, record.finish = start, finish
             record.pools_run.append(self.name)
+            record.regions_run.append(self.region)
             self._tiebreak += 1
             heapq.heappush(instance.running, (finish, self._tiebreak, record))
             heapq.heappush(slots, (finish, index))
@@ -140,7 +144,7 @@ class Pool:
 class Controller(Protocol):
     name: str
 
-    def route(self, record: JobRecord) -> str: ...
+    def route(self, record: JobRecord) -> str | tuple[str, str]: ...  # a pool here, or (region, pool)
 
     def control(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> None: ...
 
@@ -224,8 +228,9 @@ class Simulation:
                 arrival = self.arrivals[index]
                 record = JobRecord(arrival.job, arrival.region, arrival.at)
                 self.records.append(record)
-                pool = self.pools[arrival.region][self.controller.route(record)]
-                pool.queue.append(record)
+                destination = self.controller.route(record)
+                region, name = destination if isinstance(destination, tuple) else (arrival.region, destination)
+                self.pools[region][name].queue.append(record)
                 index += 1
             for pools in self.pools.values():
                 for pool in pools.values():

@@ -40,6 +40,7 @@ class ReceivedJob:
     receipt_handle: str
     message_id: str
     body: str
+    receive_count: int = 1  # SQS's ApproximateReceiveCount: the queue's redrive moves it to the DLQ past the max
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ class SqsQueues:
                     malformed.append(MalformedMessage(pool, message["ReceiptHandle"], message["MessageId"], body,
                                                       rejected.reason))
                     continue
-                jobs.append(ReceivedJob(pool, job, message["ReceiptHandle"], message["MessageId"], body))
+                receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+                jobs.append(ReceivedJob(pool, job, message["ReceiptHandle"], message["MessageId"], body, receives))
         return jobs, malformed
 
     def send_jobs(self, pool: str, jobs: Sequence[Job]) -> set[str]:

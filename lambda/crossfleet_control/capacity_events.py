@@ -65,7 +65,8 @@ def interpret(event: Mapping[str, Any], settings: EventSettings, facts: Instance
     """The signals one event carries for this deployment (none for another deployment's instance)."""
     kind = event.get("detail-type", "")
     detail = event.get("detail") or {}
-    at = _event_time(event, now)
+    # An event stamped in the future (clock skew) must not push a breaker's clock ahead of everyone else's.
+    at = min(_event_time(event, now), now)
     region = event.get("region") or settings.region
     if kind in (LAUNCH_UNSUCCESSFUL, LAUNCH_SUCCESSFUL):
         pool = settings.pool_of(detail.get("AutoScalingGroupName"))

@@ -175,10 +175,12 @@ def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settin
         if (job.placement == "either" and job.may_run_on(destination) and job.may_run_on(source)
                 and _movable(observation, source, destination) and source in loads and destination in loads):
             moved = _within_region(job, source, destination, loads, observation.now)
-        if moved is None and source in FAILOVER_POOLS and source in loads and loads[source].health.short:
-            if failover is None:  # one ranking per cycle: every forwarded job goes to the same region
-                failover = _failover_region(observation, settings)
-            moved = _across_regions(job, source, loads[source], failover, observation)
+        if moved is None:
+            target_pool = _failover_pool(job, source, loads, observation.now)
+            if target_pool is not None:
+                if failover is None:  # one ranking per cycle: every forwarded job goes to the same region
+                    failover = _failover_region(observation, settings)
+                moved = _across_regions(job, source, target_pool, loads[target_pool], failover, observation)
         if moved is not None:
             moves.append(moved)
             loads[source].visible -= 1
@@ -188,14 +190,30 @@ def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settin
     return tuple(moves)
 
 
-def _across_regions(job: Job, source: str, load: _PoolLoad, failover: tuple[str | None, str],
+def _failover_pool(job: Job, source: str, loads: dict[str, _PoolLoad], now: float) -> str | None:
+    """Which pool of another region this job should go to, if any: the GPU pool, when it is short here and the
+    job either waits in its queue or sits on the CPU queue without a chance of meeting its deadline there."""
+    for pool in FAILOVER_POOLS:
+        load = loads.get(pool)
+        if load is None or not load.health.short or not job.may_run_on(pool):
+            continue
+        if source == pool:
+            return pool
+        here = loads.get(source)
+        if here is not None and here.eta_seconds() + here.spec.profile.job_seconds(job) > job.deadline_at() - now:
+            return pool
+    return None
+
+
+def _across_regions(job: Job, source: str, destination: str, load: _PoolLoad, failover: tuple[str | None, str],
                     observation: Observation) -> Move | None:
-    """A job on a short pool goes to the same pool in the healthiest other configured region, unless pinned."""
+    """A job goes to `destination` in the healthiest other configured region, unless pinned or frozen."""
     target, why = failover
-    if target is None or job.region is not None or not job.may_run_on(source) or observation.override(source).frozen:
+    if (target is None or job.region is not None or observation.override(source).frozen
+            or observation.override(destination).frozen):
         return None
-    return Move(job_id=job.id, source=source, destination=source, reason="failover", destination_region=target,
-                detail=f"{observation.region} {source} short ({load.health.reason}); {why}")
+    return Move(job_id=job.id, source=source, destination=destination, reason="failover", destination_region=target,
+                detail=f"{observation.region} {destination} short ({load.health.reason}); {why}")
 
 
 def _within_region(job: Job, source: str, destination: str, loads: dict[str, _PoolLoad], now: float) -> Move | None:

@@ -362,8 +362,20 @@ def _publish_summary(deps: Dependencies, observation: Observation, decision: Dec
 
 
 def _release(deps: Dependencies, received: list[ReceivedJob], *, moved: set[str]) -> None:
+    """Unmoved samples go back at once. One sampled so often that the next receive could be its redrive to the
+    DLQ (sampling counts as a receive) is re-sent as a fresh copy first, then the original deleted."""
+    limit = max(1, deps.settings.max_receive_count - 2)
     for pool in {r.pool for r in received}:
-        handles = [r.receipt_handle for r in received if r.pool == pool and r.job.id not in moved]
+        unmoved = [r for r in received if r.pool == pool and r.job.id not in moved]
+        worn = [r for r in unmoved if r.receive_count >= limit]
+        refreshed: set[str] = set()
+        if worn:
+            accepted = deps.queues.send_jobs(pool, [r.job for r in worn])
+            fresh = [r for r in worn if r.job.id in accepted]
+            deps.queues.delete(pool, [r.receipt_handle for r in fresh])
+            refreshed = {r.message_id for r in fresh}
+            deps.metrics.add("SamplesRefreshed", len(fresh), Pool=pool)
+        handles = [r.receipt_handle for r in unmoved if r.message_id not in refreshed]
         if handles:
             deps.queues.release(pool, handles)
 

@@ -53,12 +53,20 @@ def choose_pool(job: Job, health: Mapping[str, PoolHealth]) -> tuple[str, str]:
     return preferred, f"preference {preferred}"
 
 
-def choose_region(job: Job, pool: str, health: Mapping[str, PoolHealth],
-                  failover: tuple[str | None, str]) -> tuple[str | None, str]:
-    """Another configured region for a GPU job whose pool here is short; None keeps it here. Never a pinned job."""
-    if pool != "gpu" or job.region is not None or not health.get(pool, PoolHealth()).short:
-        return None, ""
-    return failover
+def place(job: Job, health: Mapping[str, PoolHealth], failover: tuple[str | None, str]
+          ) -> tuple[str | None, str, str]:
+    """(other region or None, pool, why). GPU work is not sent to a short (or not yet fully admitting) GPU pool
+    here when a healthy configured region can take it: a GPU elsewhere is the cheap, fast place for it. With
+    nowhere to fail over to, `either` work falls back to this region's CPU (`choose_pool`). Pinned jobs stay."""
+    target, target_why = failover
+    gpu = health.get("gpu", PoolHealth())
+    can_fail_over = target is not None and job.region is None and job.may_run_on("gpu")
+    if job.placement == "gpu_only" and gpu.short and can_fail_over:
+        return target, "gpu", f"gpu short here ({gpu.reason}); {target_why}"
+    if job.placement == "either" and job.preference == "gpu" and not admits(job.id, gpu.admit) and can_fail_over:
+        return target, "gpu", f"gpu here admitting {gpu.admit:.0%} ({gpu.reason}); {target_why}"
+    pool, why = choose_pool(job, health)
+    return None, pool, why
 
 
 def health_from_decision(record: Mapping[str, Any] | None) -> dict[str, PoolHealth]:
@@ -154,15 +162,14 @@ class Router:
         if job.region and job.region != self.settings.region:
             self._forward(job)
             return
-        pool, why = choose_pool(job, view.pools)
-        region, region_why = choose_region(job, pool, view.pools, view.failover)
+        region, pool, why = place(job, view.pools, view.failover)
         attributes = {"job_id": {"DataType": "String", "StringValue": job.id}}
         if region is not None and region in self.settings.peer_gpu_queue_urls:
             client = self.sqs_for_region(region) if self.sqs_for_region else self.sqs
             client.send_message(QueueUrl=self.settings.peer_gpu_queue_urls[region], MessageBody=job.to_json(),
                                 MessageAttributes=attributes)
             self.metrics.add("FailedOver", 1, Region=region)
-            why = f"{why}; {self.settings.region} {pool} short, failover: {region_why}"
+            why = f"failover: {why}"
         else:
             region = self.settings.region
             self.sqs.send_message(QueueUrl=self.settings.queue_urls[pool], MessageBody=job.to_json(),

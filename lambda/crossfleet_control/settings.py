@@ -73,6 +73,8 @@ class Settings:
     pools: Mapping[str, PoolSettings]
     policy: PolicySettings
     peers: Mapping[str, PeerRegion] = field(default_factory=dict)
+    # The work queues' redrive threshold: sampling counts as a receive, so it must never use the last one.
+    max_receive_count: int = 5
 
     @property
     def configured_regions(self) -> tuple[str, ...]:
@@ -92,4 +94,5 @@ class Settings:
                    for name, pool in raw["pools"].items()},
             policy=PolicySettings(**raw["policy"]),
             peers={name: PeerRegion(**peer) for name, peer in raw.get("peers", {}).items()},
+            max_receive_count=int(raw.get("max_receive_count", 5)),
         )

@@ -51,7 +51,7 @@ class Rebalancer(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, config: RebalancerConfig, deployment: str, region: str,
                  queues: WorkQueues, state: StateTable, groups: dict[str, PoolGroup],
-                 peers: tuple[PeerNames, ...] = ()) -> None:
+                 peers: tuple[PeerNames, ...] = (), max_receive_count: int = 5) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
         schedule_seconds = config.schedule_minutes * 60
@@ -72,6 +72,7 @@ class Rebalancer(Construct):
                 "on_demand_percentage": g.on_demand_percentage,
             } for pool, g in groups.items()},
             "policy": config.policy_fields(),
+            "max_receive_count": max_receive_count,
             # Failover targets: only the other configured regions, by name (same account, same convention).
             "peers": {peer.region: {
                 "gpu_queue_url": f"https://sqs.{peer.region}.amazonaws.com/{stack.account}/{peer.gpu_queue_name}",
