@@ -164,9 +164,9 @@ def test_admitted_share_is_decided_by_job_id_and_roughly_the_fraction():
 
 
 def summary(region: str, status: str = HEALTHY, *, at: float = 1000.0, admit: float = 1.0, desired: int = 2,
-            max_size: int = 8, queued: int = 0) -> RegionSummary:
+            max_size: int = 8, queued: int = 0, wait: float = 0.0) -> RegionSummary:
     return RegionSummary(region, status, admit, in_service=desired, desired=desired, max_size=max_size,
-                         queued=queued, updated_at=at)
+                         queued=queued, updated_at=at, wait_seconds=wait, target_wait_seconds=120.0)
 
 
 def test_failover_target_is_the_healthiest_configured_region_and_never_another():
@@ -179,8 +179,12 @@ def test_failover_target_is_the_healthiest_configured_region_and_never_another()
     assert failover_target(stale, ("us-east-2",), 1010.0, 300)[0] is None, "unknown is never healthy"
     short = {"us-east-2": summary("us-east-2", SHORT)}
     assert failover_target(short, ("us-east-2",), 1010.0, 300)[0] is None, "the failover target is short too"
-    full = {"us-east-2": summary("us-east-2", desired=8, queued=20)}
-    assert failover_target(full, ("us-east-2",), 1010.0, 300)[0] is None
+    full = {"us-east-2": summary("us-east-2", desired=8, queued=2000, wait=600.0)}
+    assert failover_target(full, ("us-east-2",), 1010.0, 300)[0] is None, "at its maximum and past its target wait"
+    busy_but_keeping_up = {"us-east-2": summary("us-east-2", desired=8, queued=20, wait=30.0)}
+    assert failover_target(busy_but_keeping_up, ("us-east-2",), 1010.0, 300)[0] == "us-east-2"
+    both = {"us-east-2": summary("us-east-2", wait=90.0), "us-west-2": summary("us-west-2", wait=10.0)}
+    assert failover_target(both, ("us-east-2", "us-west-2"), 1010.0, 300)[0] == "us-west-2", "the shorter wait"
 
 
 # -- the policy on a shortage ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from moto import mock_aws
 
 from crossfleet_control.adapters import ControllerState
 from crossfleet_control.capacity_events import LAUNCH_SUCCESSFUL, CapacityEvents, EventSettings
-from crossfleet_control.capacity_health import SHORT, STATUS_RANK
+from crossfleet_control.capacity_health import PROBING, SHORT, STATUS_RANK
 from crossfleet_control.health_store import HealthStore
 from crossfleet_control.ledger import Ledger
 from crossfleet_control.metrics import MetricsRecorder
@@ -205,7 +205,8 @@ def test_gpu_shortage_in_one_region_fails_over_and_returns_without_flapping():
         admits = [h["admit"] for h in recovery]
         assert ranks == sorted(ranks, reverse=True), f"status flapped on the way back: {statuses}"
         assert admits == sorted(admits), f"admitted share went down on the way back: {admits}"
-        assert recovery[0]["admit"] < 1.0 and recovery[-1]["status"] == "healthy" and recovery[-1]["admit"] == 1.0
+        assert recovery[0]["status"] == PROBING and recovery[0]["admit"] < 1.0, "probed before it is trusted"
+        assert recovery[-1]["status"] == "healthy" and recovery[-1]["admit"] == 1.0
 
         # Capacity came back with one probe instance first.
         desired = world.east_gpu_desired[last_short + 1:]

@@ -149,3 +149,40 @@ def test_bad_scenario_is_one_clear_error(tmp_path: Path, capsys):
 def test_bench_report_structure_without_files():
     report = bench(parse_scenario(small_scenario(duration_seconds=300)), policies=("crossfleet", "gpu-only"))
     assert report["lower_bound_cost_usd"] <= report["policies"]["gpu-only"]["cost_usd"]
+
+
+def two_region_scenario(events: list[dict]) -> dict:
+    """Two regions with the same pools and the same work; us-east-1 may lose its GPUs."""
+    raw = small_scenario(seed=5, duration_seconds=1800, drain_seconds=900, events=events)
+    pools = raw["regions"]["us-east-1"]
+    pools["gpu"]["max_size"] = 6
+    raw["regions"]["us-west-2"] = json.loads(json.dumps(pools))
+    finetune = raw["workload"]["synthetic"][2]
+    finetune["rate_per_second"] = 0.05
+    finetune["gpu_seconds"] = [30, 120]
+    return raw
+
+
+SHORTAGE = {"type": "capacity", "region": "us-east-1", "pool": "gpu", "start": 300, "end": 1200,
+            "max_instances": 0, "reclaim": True}
+
+
+def test_shortage_keeps_either_and_cpu_only_on_time_and_finishes_gpu_only_work_in_the_other_region():
+    calm, _ = simulate(parse_scenario(two_region_scenario([])), "crossfleet")
+    short, sim = simulate(parse_scenario(two_region_scenario([SHORTAGE])), "crossfleet")
+    baseline, _ = simulate(parse_scenario(two_region_scenario([SHORTAGE])), "target-tracking")
+    assert short["jobs_lost"] == 0 and short["jobs_unfinished"] == 0
+
+    # us-east-1's GPU-only work submitted while its GPUs were gone ran in us-west-2, and none ran in us-east-1.
+    during = [r for r in sim.records if r.region == "us-east-1" and r.job.placement == "gpu_only"
+              and SHORTAGE["start"] + 60 <= r.arrived < SHORTAGE["end"]]
+    assert during and all(r.regions_run == ["us-west-2"] for r in during), [r.regions_run for r in during]
+    assert short["finished_in_another_region"].get("gpu_only", 0) >= len(during)
+    assert short["finished_in_another_region"].get("cpu_only", 0) == 0, "CPU-only work has CPUs at home"
+    assert all(region in sim.pools for r in sim.records for region in r.regions_run), "only configured regions"
+
+    # `either` and `cpu_only` work kept its SLO through the shortage; the reactive baseline did not.
+    for placement in ("either", "cpu_only"):
+        kept = short["slo_attainment_by_placement"][placement]
+        assert kept >= calm["slo_attainment_by_placement"][placement] - 0.05, (placement, kept, calm)
+    assert short["slo_attainment_by_placement"]["either"] > baseline["slo_attainment_by_placement"]["either"]

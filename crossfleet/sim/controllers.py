@@ -106,7 +106,9 @@ class CrossfleetPolicy:
         gpu, health = pools["gpu"], self.health[region]["gpu"]
         gpu_telemetry = telemetry["gpu"]
         self.summaries[region] = RegionSummary(region, health.status, health.admit, gpu_telemetry.in_service or 0,
-                                               gpu.desired, gpu.spec.max_size, gpu_telemetry.visible or 0, now)
+                                               gpu.desired, gpu.spec.max_size, gpu_telemetry.visible or 0, now,
+                                               policy.queue_wait_seconds(observation, specs, "gpu") or 0.0,
+                                               self.settings.target_wait_seconds)
         sim.api_calls += calls
 
 

@@ -40,7 +40,10 @@ def summarize(scenario: Scenario, policy_name: str, sim: Simulation) -> dict[str
     queued = sum(len(p.queue) for pools in sim.pools.values() for p in pools.values())
     latencies = [r.finish - r.arrived for r in completed]
     by_placement: dict[str, list[int]] = {}
+    elsewhere: dict[str, int] = {}
     for record in sim.records:
+        if record.finish is not None and record.regions_run and record.regions_run[-1] != record.region:
+            elsewhere[record.job.placement] = elsewhere.get(record.job.placement, 0) + 1
         met = record.finish is not None and record.finish <= horizon and \
             record.finish - record.arrived <= record.job.deadline_seconds
         counts = by_placement.setdefault(record.job.placement, [0, 0])
@@ -55,6 +58,8 @@ def summarize(scenario: Scenario, policy_name: str, sim: Simulation) -> dict[str
         "cost_usd": round(sim.cost_usd, 4),
         "slo_attainment": round(on_time / len(sim.records), 5) if sim.records else 1.0,
         "slo_attainment_by_placement": {k: round(v[0] / v[1], 5) for k, v in sorted(by_placement.items())},
+        # Jobs submitted in one region that ran in another (capacity-shortage failover).
+        "finished_in_another_region": dict(sorted(elsewhere.items())),
         "latency_p50_s": _round(_percentile(latencies, 0.50)),
         "latency_p99_s": _round(_percentile(latencies, 0.99)),
         "jobs_submitted": len(sim.records),

@@ -202,20 +202,23 @@ def pool_health(breakers: Iterable[Breaker], instance_types: Iterable[str], now:
     spot_note = f"; Spot short ({spot_open[0].reason})" if spot_open else ""
     if pool_wide is not None and pool_wide.state == OPEN:
         return PoolHealth(SHORT, 0.0, spot_short, f"pool: {pool_wide.reason}{spot_note}")
-    states = [capacity[t].state if t in capacity else CLOSED for t in types] or [CLOSED]
-    admits = [admit_fraction(capacity[t], now) for t in types if t in capacity]
-    if pool_wide is not None:
-        states.append(pool_wide.state)
-        admits.append(admit_fraction(pool_wide, now))
-    if all(state == OPEN for state in states[: len(types)] or states):
+    # The pool-wide breaker (the group's own gap) never stands in for an instance type: a closed one does not
+    # make a pool whose every type is half-open any less a probe.
+    type_states = [capacity[t].state if t in capacity else CLOSED for t in types] or [CLOSED]
+    if all(state == OPEN for state in type_states):
         worst = next(iter(capacity.values()))
         return PoolHealth(SHORT, 0.0, spot_short, f"every type open: {worst.reason}{spot_note}")
-    if CLOSED not in states:
-        return PoolHealth(PROBING, HALF_OPEN_ADMIT, spot_short, f"half-open, probing{spot_note}")
+    not_closed = [t for t in types if t in capacity and capacity[t].state != CLOSED]
+    if CLOSED not in type_states or (pool_wide is not None and pool_wide.state == HALF_OPEN):
+        what = ", ".join(not_closed) or "the group"
+        return PoolHealth(PROBING, HALF_OPEN_ADMIT, spot_short,
+                          f"{what} half-open: probing, admitting {HALF_OPEN_ADMIT:.0%}{spot_note}")
+    admits = [admit_fraction(capacity[t], now) for t in types if t in capacity]
+    if pool_wide is not None:
+        admits.append(admit_fraction(pool_wide, now))
     admit = min([a for a in admits if a > 0] or [1.0])
-    if OPEN in states or HALF_OPEN in states:
-        bad = [t for t in types if t in capacity and capacity[t].state != CLOSED]
-        return PoolHealth(DEGRADED, admit, spot_short, f"{', '.join(bad)} not closed{spot_note}")
+    if not_closed:
+        return PoolHealth(DEGRADED, admit, spot_short, f"{', '.join(not_closed)} not closed{spot_note}")
     reason = f"recovering: admitting {admit:.0%}" if admit < 1.0 else "healthy"
     return PoolHealth(HEALTHY, admit, spot_short, reason + spot_note)
 
@@ -248,9 +251,16 @@ class RegionSummary:
     max_size: int
     queued: int
     updated_at: float
+    # How long a job queued now waits for a GPU there, as that region's own policy estimates it, and the wait
+    # that region sizes for: at its maximum size and past its target, it takes no more forwarded work.
+    wait_seconds: float = 0.0
+    target_wait_seconds: float = 120.0
 
     def headroom(self) -> int:
         return max(0, self.max_size - self.desired)
+
+    def full(self) -> bool:
+        return self.headroom() == 0 and self.wait_seconds > self.target_wait_seconds
 
 
 def failover_target(peers: Mapping[str, RegionSummary], configured: Iterable[str], now: float,
@@ -258,8 +268,8 @@ def failover_target(peers: Mapping[str, RegionSummary], configured: Iterable[str
     """The healthiest other configured region to forward GPU work to, or None with why not.
 
     Only configured regions count (a summary from anywhere else is ignored); a stale summary is unknown, and
-    unknown is never healthy. Healthiest: best status, then fullest admit, then most room to grow, then the
-    shortest queue per running instance."""
+    unknown is never healthy. Healthiest: best status, then fullest admit, then the shortest wait, then the most
+    room to grow."""
     allowed = set(configured)
     candidates = []
     notes = []
@@ -272,11 +282,11 @@ def failover_target(peers: Mapping[str, RegionSummary], configured: Iterable[str
         if summary.status not in (HEALTHY, DEGRADED) or summary.admit < RAMP_START_ADMIT:
             notes.append(f"{name} {summary.status}")
             continue
-        if summary.headroom() == 0 and summary.queued >= summary.in_service:
-            notes.append(f"{name} full")
+        if summary.full():
+            notes.append(f"{name} full (at its maximum, {summary.wait_seconds:.0f}s wait)")
             continue
-        load = summary.queued / max(1, summary.in_service)
-        candidates.append(((STATUS_RANK[summary.status], -summary.admit, -summary.headroom(), load), name))
+        candidates.append(((STATUS_RANK[summary.status], -summary.admit, round(summary.wait_seconds),
+                            -summary.headroom()), name))
     if not candidates:
         return None, "no healthy configured region: " + (", ".join(notes) or "none configured")
     best = min(candidates)[1]

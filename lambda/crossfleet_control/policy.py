@@ -62,6 +62,9 @@ class _PoolLoad:
     visible: int
     idle_slots: int
     health: PoolHealth
+    # Work moved in this cycle beyond what `visible` counts at the pool's mean job length: a long inference job
+    # moved onto Graviton occupies a slot for much longer than the pool's typical agent step.
+    extra_seconds: float = 0.0
 
     @property
     def slots(self) -> int:
@@ -76,7 +79,7 @@ class _PoolLoad:
         free = self.slots - (self.telemetry.in_flight or 0)
         if self.visible < free:
             return 0.0
-        waiting_work = (self.visible - max(free, 0) + 1) * self.spec.mean_job_seconds
+        waiting_work = (self.visible - max(free, 0) + 1) * self.spec.mean_job_seconds + max(0.0, self.extra_seconds)
         if self.slots > 0:
             return waiting_work / self.slots
         if not self.can_add_capacity():
@@ -108,6 +111,17 @@ def _loads(observation: Observation, specs: Mapping[str, PoolSpec]) -> dict[str,
         loads[name] = _PoolLoad(spec=spec, telemetry=telemetry, visible=telemetry.visible, idle_slots=idle,
                                 health=observation.health_of(name))
     return loads
+
+
+MAX_PUBLISHED_WAIT_SECONDS = 86_400.0  # "no capacity at all" published as a day, not as infinity
+
+
+def queue_wait_seconds(observation: Observation, specs: Mapping[str, PoolSpec], pool: str) -> float | None:
+    """How long a job queued on `pool` now would wait to start (None when the pool's telemetry is unknown)."""
+    load = _loads(observation, specs).get(pool)
+    if load is None:
+        return None
+    return min(load.eta_seconds(), MAX_PUBLISHED_WAIT_SECONDS)
 
 
 def _failover_region(observation: Observation, settings: PolicySettings) -> tuple[str | None, str]:
@@ -186,6 +200,8 @@ def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settin
             loads[source].visible -= 1
             if moved.destination_region is None:
                 loads[destination].visible += 1
+                loads[destination].extra_seconds += (loads[destination].spec.profile.job_seconds(job)
+                                                     - loads[destination].spec.mean_job_seconds)
                 loads[destination].idle_slots = max(0, loads[destination].idle_slots - 1)
     return tuple(moves)
 

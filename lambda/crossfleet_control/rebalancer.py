@@ -10,7 +10,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -39,7 +39,7 @@ from crossfleet_control.capacity_health import (
 from crossfleet_control.health_store import WRITE_ATTEMPTS, HealthStore
 from crossfleet_control.ledger import Ledger
 from crossfleet_control.metrics import MetricsRecorder
-from crossfleet_control.policy_types import Decision, Observation, PoolTelemetry, QueuedJob
+from crossfleet_control.policy_types import Decision, Observation, PoolSpec, PoolTelemetry, QueuedJob
 from crossfleet_control.settings import Settings
 
 # A sampled message is held this long; the cycle releases it sooner (or moves it) well within the timeout.
@@ -255,7 +255,7 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
     if settings.mode != "enforce":
         _release(deps, received, moved=set())
 
-    _publish_summary(deps, observation, decision)
+    _publish_summary(deps, observation, decision, specs)
     try:
         deps.state.save_memory(decision.memory, fence)
     except LeaseLost:
@@ -341,7 +341,8 @@ def _group_moves(decision: Decision) -> dict[tuple[str, str, str | None], list[A
     return groups
 
 
-def _publish_summary(deps: Dependencies, observation: Observation, decision: Decision) -> None:
+def _publish_summary(deps: Dependencies, observation: Observation, decision: Decision,
+                     specs: Mapping[str, PoolSpec]) -> None:
     """This region's GPU capacity as the other regions' failover sees it (a summary nobody renews goes stale)."""
     pool = "gpu"
     if deps.health is None or pool not in deps.settings.pools:
@@ -354,7 +355,9 @@ def _publish_summary(deps: Dependencies, observation: Observation, decision: Dec
         region=deps.settings.region, status=health.status, admit=health.admit,
         in_service=telemetry.in_service or 0,
         desired=pool_decision.desired if pool_decision.desired is not None else telemetry.desired or 0,
-        max_size=deps.settings.pools[pool].max_size, queued=telemetry.visible or 0, updated_at=observation.now)
+        max_size=deps.settings.pools[pool].max_size, queued=telemetry.visible or 0, updated_at=observation.now,
+        wait_seconds=policy.queue_wait_seconds(observation, specs, pool) or 0.0,
+        target_wait_seconds=deps.settings.policy.target_wait_seconds)
     try:
         deps.health.publish(summary)
     except Exception:
