@@ -1,4 +1,4 @@
-"""The crossfleet command line: what-if simulation and benchmarks today; submit/status/explain to come."""
+"""The crossfleet command line: submit and follow jobs, operate the fleets, simulate and benchmark."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from crossfleet.config.errors import ConfigError
@@ -233,7 +234,7 @@ def _operate(args: argparse.Namespace) -> int:
             rows = [row for view in views for row in ops.status(view)]
             print(json.dumps(rows, indent=2) if args.json else _table(rows, (
                 "region", "pool", "instance_type", "desired", "in_service", "pending", "min", "max", "queued",
-                "in_flight", "override", "last_reason")))
+                "in_flight", "override", "capacity", "last_reason")))
             return EXIT_OK
         view = views[0]
         if args.command == "explain":
@@ -246,6 +247,12 @@ def _operate(args: argparse.Namespace) -> int:
                 for pool, pool_decision in decision["pools"].items():
                     print(f"  {pool}: {pool_decision['current']} -> {pool_decision['desired']}: "
                           f"{pool_decision['reason']}")
+                for pool, health in decision.get("health", {}).items():
+                    if health.get("status") != "healthy" or health.get("admit", 1.0) < 1.0:
+                        print(f"  {pool} capacity {health['status']}: {health.get('reason', '')}")
+                routes = Counter((m.get("reason"), m.get("destination_region")) for m in decision["moves"])
+                for (reason, region), count in sorted(routes.items(), key=lambda kv: str(kv[0])):
+                    print(f"  moved {count} ({reason}{' to ' + region if region else ''})")
             return EXIT_OK
         if args.command == "plan":
             planned = ops.plan(view)

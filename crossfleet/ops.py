@@ -87,9 +87,18 @@ def status(view: RegionView) -> list[dict[str, Any]]:
             "override": ("frozen" if override and override.frozen else
                          f"pinned {override.pinned_desired}" if override and override.pinned_desired is not None
                          else ""),
+            "capacity": _capacity(last[0].get("health", {}).get(pool)) if last else "",
             "last_reason": last[0]["pools"][pool]["reason"] if last and pool in last[0]["pools"] else "",
         })
     return rows
+
+
+def _capacity(health: dict[str, Any] | None) -> str:
+    """The pool's capacity health as the rebalancer last saw it: `healthy`, or e.g. `probing 25%`."""
+    if not health:
+        return ""
+    admit = float(health.get("admit", 1.0))
+    return health["status"] + (f" {admit:.0%}" if admit < 1.0 else "")
 
 
 def plan(view: RegionView) -> dict[str, Any]:

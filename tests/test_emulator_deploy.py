@@ -287,6 +287,8 @@ def test_status_shows_every_pool_of_every_configured_region(deployed: Deployed, 
         if row["region"] == "us-east-1":
             assert row["desired"] == groups[f"crossfleet-dev-us-east-1-{row['pool']}"]["DesiredCapacity"]
             assert row["instance_type"] == {"cpu": "m9g.16xlarge", "gpu": "p5.48xlarge"}[row["pool"]]
+            # The end-to-end run's rebalancer saw every launch succeed.
+            assert row["capacity"] == "healthy", row
     assert cli_main(["status", "--endpoint-url", deployed.url]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["region", "pool", "instance_type", "desired"] and len(table) == 7

@@ -300,6 +300,7 @@ def test_dashboards_per_region_and_one_global(default_app: SynthesizedApp):
         assert panel in regional, panel
     for metric in ("Backlog", "DesiredCapacity", "FailedLaunches", "MovesDecided", "ApproximateAgeOfOldestMessage",
                    "GroupInServiceInstances", "GroupPendingInstances", "NumberOfMessagesDeleted", "JobsOnTime",
-                   "JobsLate"):
+                   "JobsLate", "CapacityStatus", "SpotFallback", "failover"):
         assert metric in regional, metric
     assert all(region in names["crossfleet-dev-global"] for region in REGIONS)
+    assert "CapacityStatus" in names["crossfleet-dev-global"], "every region's capacity status side by side"

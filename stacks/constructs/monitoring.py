@@ -114,7 +114,8 @@ def global_widgets(deployment: str, pools_by_region: dict[str, list[tuple[str, s
     """Every region side by side, from metrics whose dimensions are known without cross-region references."""
     widgets: list[cloudwatch.IWidget] = []
     for metric_name, title in (("Backlog", "backlog (jobs)"), ("DesiredCapacity", "desired capacity"),
-                               ("FailedLaunches", "failed launches")):
+                               ("FailedLaunches", "failed launches"),
+                               ("CapacityStatus", "capacity status (0 healthy .. 3 short)")):
         widgets.append(cloudwatch.GraphWidget(title=f"all regions: {title}", width=8, left=[
             pool_metric(deployment, region, metric_name, pool) for region, pools in pools_by_region.items()
             for pool, _ in pools]))
@@ -145,10 +146,13 @@ def region_widgets(deployment: str, region: str, pools: list[PoolView]) -> list[
             cloudwatch.Metric(namespace=NAMESPACE, metric_name="MovesDecided", region=region, statistic="Sum",
                               period=ONE_MINUTE, label=reason,
                               dimensions_map={"Deployment": deployment, "Region": region, "Reason": reason})
-            for reason in ("deadline", "idle_capacity")]),
-        cloudwatch.GraphWidget(title=f"{region}: capacity health (failed launches, holds)", width=8,
+            for reason in ("deadline", "idle_capacity", "failover")]),
+        cloudwatch.GraphWidget(title=f"{region}: capacity health (failed launches, holds; right: status "
+                               "0 healthy, 1 degraded, 2 probing, 3 short, and Spot fallback)", width=8,
                                left=[pool_metric(deployment, region, "FailedLaunches", p.name) for p in pools]
-                               + [pool_metric(deployment, region, "Holds", p.name, "Sum") for p in pools]),
+                               + [pool_metric(deployment, region, "Holds", p.name, "Sum") for p in pools],
+                               right=[pool_metric(deployment, region, name, p.name) for p in pools
+                                      for name in ("CapacityStatus", "SpotFallback")]),
         cloudwatch.GraphWidget(title=f"{region}: jobs finished per minute", width=8,
                                left=[p.queue.metric_number_of_messages_deleted(period=ONE_MINUTE, statistic="Sum",
                                                                                label=p.name) for p in pools]),
