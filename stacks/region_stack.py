@@ -16,6 +16,7 @@ from stacks.constructs.graviton_fleet import GravitonFleet
 from stacks.constructs.intake_router import IntakeRouter
 from stacks.constructs.monitoring import Monitoring, PoolView, global_widgets
 from stacks.constructs.network import Network
+from stacks.constructs.realtime_endpoint import RealtimeEndpoint, model_server_commands
 from stacks.constructs.rebalancer import DEPLOYMENT_TAG, PeerNames, PoolGroup, Rebalancer
 from stacks.constructs.results_bucket import ResultsBucket
 from stacks.constructs.state_table import StateTable
@@ -65,6 +66,12 @@ class RegionStack(Stack):
             "heartbeat_seconds": worker.heartbeat_seconds, "max_attempts": worker.max_attempts,
             "runner": worker.cpu_runner if pool == "cpu" else worker.gpu_runner,
         }) for pool in POOLS}
+        realtime = config.realtime
+        servers = {"cpu": realtime.cpu_server, "gpu": realtime.gpu_server}
+        if realtime.enabled:
+            # Each instance runs its pool's model server: the endpoint's targets and the worker's http runner.
+            for pool in POOLS:
+                user_data[pool].add_commands(*model_server_commands(servers[pool], gpu=pool == "gpu"))
 
         self.graviton_fleet = GravitonFleet(
             self, "GravitonFleet", config=region.graviton_fleet, vpc=self.network.vpc,
@@ -88,6 +95,16 @@ class RegionStack(Stack):
                              self.accelerator_cluster.instances.launch_template,
                              self.accelerator_cluster.instances.role),
         }
+        self.endpoint: RealtimeEndpoint | None = None
+        if realtime.enabled:
+            self.endpoint = RealtimeEndpoint(
+                self, "RealtimeEndpoint", config=realtime, certificate_arn=realtime.certificate_arns[name],
+                vpc=self.network.vpc, subnets=self.network.instance_subnets,
+                groups={"cpu": self.graviton_fleet.group, "gpu": self.accelerator_cluster.group},
+                instance_security_groups={"cpu": self.graviton_fleet.instances.security_group,
+                                          "gpu": self.accelerator_cluster.instances.security_group},
+                servers=servers, retain_on_delete=config.state.retain_on_delete,
+                server_access_logs=self.results.access_logs, vpc_cidr=config.network.cidr)
         peers = tuple(PeerNames(r.region, pool_queue_name(deployment, r.region, "gpu"),
                                 state_table_name(deployment, r.region)) for r in config.regions if r.region != name)
         self.rebalancer = Rebalancer(
@@ -157,6 +174,9 @@ class RegionStack(Stack):
         CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
         for pool in POOLS:
             CfnOutput(self, f"{pool.capitalize()}QueueUrl", value=self.queues.pools[pool].queue.queue_url)
+        if self.endpoint is not None:
+            CfnOutput(self, "RealtimeEndpointUrl", value=self.endpoint.url)
+            CfnOutput(self, "RealtimeListenerRuleArn", value=self.endpoint.rule.listener_rule_arn)
 
         # Cost allocation: every taggable resource says which deployment, stage and region it belongs to.
         for key, value in (("crossfleet:app", config.name), ("crossfleet:stage", config.stage),

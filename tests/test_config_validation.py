@@ -76,7 +76,7 @@ BAD_INPUTS = [
     pytest.param({"regoins": ["us-east-1"]},
                  "crossfleet config: regoins = ['us-east-1'] is not allowed: unknown key; did you mean 'regions'? "
                  "known keys: name, stage, account, regions, network, graviton_fleet, accelerator_cluster, queues, "
-                 "state, rebalancer, worker, monitoring",
+                 "state, rebalancer, worker, monitoring, realtime",
                  id="unknown-top-level-key"),
     pytest.param({"regions": ["us-east-1", "us-east-2", "us-east-1"]},
                  "crossfleet config: regions[2] = 'us-east-1' is not allowed: each region once (it is listed twice)",

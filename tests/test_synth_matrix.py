@@ -20,6 +20,9 @@ MATRIX: dict[str, dict[str, Any] | None] = {
     "custom-prefix": {"name": "aiplat", "stage": "prod", "regions": ["us-east-1", "us-west-1"],
                       "graviton_fleet": {"instance_types": ["m8g.4xlarge"], "fallback_instance_types": ["c8g.4xlarge"]},
                       "accelerator_cluster": {"instance_types": ["p5.48xlarge"], "fallback_instance_types": []}},
+    "realtime": {"regions": ["us-east-1", "us-west-2"], "realtime": {"enabled": True, "certificate_arns": {
+        region: f"arn:aws:acm:{region}:123456789012:certificate/0f3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+        for region in ("us-east-1", "us-west-2")}}},
 }
 
 # Acknowledgement reasons must say something specific; these say nothing.

@@ -40,7 +40,9 @@ def rows() -> list[str]:
     sections += [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
                  if dataclasses.is_dataclass(getattr(config, f.name))]
     sections += [("regions[]", region), ("graviton_fleet", region.graviton_fleet),
-                 ("accelerator_cluster", region.accelerator_cluster)]
+                 ("accelerator_cluster", region.accelerator_cluster),
+                 ("realtime.cpu_server", config.realtime.cpu_server),
+                 ("realtime.gpu_server", config.realtime.gpu_server)]
     lines = [f"| `regions` | `{json.dumps([r.region for r in config.regions])}` | {FIELD_HELP['regions']} |"]
     for prefix, value in sections:
         for field in dataclasses.fields(value):

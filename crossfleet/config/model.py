@@ -94,6 +94,22 @@ FIELD_HELP = {
     "monitoring.alarm_emails": "addresses subscribed to the alarm topic",
     "monitoring.oldest_job_alarm_seconds": "a queued job older than this pages",
     "monitoring.shortage_alarm_minutes": "failed launches this many minutes in a row page",
+    "realtime.enabled": "an internal HTTPS endpoint per region in front of both pools' model servers",
+    "realtime.certificate_arns": "ACM certificate ARN per region for the TLS listener (required when enabled)",
+    "realtime.allowed_cidrs": "client networks allowed to reach the endpoint (default: the VPC's CIDR)",
+    "realtime.latency_slo_p99_ms": "p99 response time the traffic split and both pools' sizes keep",
+    "realtime.initial_gpu_weight": "share of requests (%) the GPU pool gets before the rebalancer's first change",
+    "realtime.max_weight_step": "most the GPU share (%) changes per cycle",
+    "realtime.cpu_server.kind": "Graviton model server: llama.cpp (its OpenAI-compatible server)",
+    "realtime.cpu_server.image": "container image of the Graviton model server (pin a digest for production)",
+    "realtime.cpu_server.model": "a .gguf path on the instance (under /models) or a Hugging Face GGUF repo",
+    "realtime.cpu_server.port": "port the server listens on (the target group's port)",
+    "realtime.cpu_server.health_path": "the server's health endpoint (the target group's health check)",
+    "realtime.gpu_server.kind": "GPU model server: vllm (OpenAI-compatible)",
+    "realtime.gpu_server.image": "container image of the GPU model server (pin a digest for production)",
+    "realtime.gpu_server.model": "a model path on the instance or a Hugging Face model id",
+    "realtime.gpu_server.port": "port the server listens on (the target group's port)",
+    "realtime.gpu_server.health_path": "the server's health endpoint (the target group's health check)",
 }
 
 
@@ -200,6 +216,35 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class ModelServerConfig:
+    """A model server container each instance of a pool runs (the worker's http runner calls it too)."""
+
+    kind: str  # "llama.cpp" (Graviton) or "vllm" (GPU)
+    image: str
+    model: str  # a local path baked into the AMI, or a Hugging Face id the server downloads
+    port: int
+    health_path: str
+
+    def container_args(self) -> tuple[str, ...]:
+        if self.kind == "llama.cpp":
+            source = ("-m", self.model) if self.model.startswith("/") else ("-hf", self.model)
+            return (*source, "--host", "0.0.0.0", "--port", str(self.port))
+        return ("--model", self.model, "--host", "0.0.0.0", "--port", str(self.port))
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    enabled: bool
+    certificate_arns: Mapping[str, str]
+    allowed_cidrs: tuple[str, ...]
+    latency_slo_p99_ms: int
+    initial_gpu_weight: int
+    max_weight_step: int
+    cpu_server: ModelServerConfig
+    gpu_server: ModelServerConfig
+
+
+@dataclass(frozen=True)
 class RegionConfig:
     region: str
     availability_zones: tuple[str, ...]
@@ -219,6 +264,7 @@ class AppConfig:
     rebalancer: RebalancerConfig
     worker: WorkerConfig
     monitoring: MonitoringConfig
+    realtime: RealtimeConfig
 
     @property
     def prefix(self) -> str:
@@ -230,7 +276,7 @@ class AppConfig:
 
 
 _TOP_KEYS = ("name", "stage", "account", "regions", "network", "graviton_fleet", "accelerator_cluster",
-             "queues", "state", "rebalancer", "worker", "monitoring")
+             "queues", "state", "rebalancer", "worker", "monitoring", "realtime")
 _REGION_KEYS = ("region", "availability_zones", "graviton_fleet", "accelerator_cluster")
 _GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_size",
                   "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib")
@@ -262,12 +308,19 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
             raise ConfigError(f"regions[{index}]", region.region, "each region once (it is listed twice)")
         regions.append(region)
 
+    realtime = _realtime(top.get("realtime"), tuple(r.region for r in regions), account)
+    if realtime.enabled:
+        for index, region in enumerate(regions):
+            if region.accelerator_cluster.kind != "nvidia":
+                raise ConfigError(f"regions[{index}].accelerator_cluster.kind", region.accelerator_cluster.kind,
+                                  "nvidia while realtime is enabled (the GPU model server is vLLM on CUDA)")
     return AppConfig(
         name=name, stage=stage, account=account, regions=tuple(regions), network=network,
         queues=_queues(top.get("queues")), state=_state(top.get("state")),
         rebalancer=parse_rebalancer(top.get("rebalancer")),
         worker=_worker(top.get("worker")),
         monitoring=_monitoring(top.get("monitoring")),
+        realtime=realtime,
     )
 
 
@@ -517,3 +570,69 @@ def _monitoring(raw: Any) -> MonitoringConfig:
         alarm_emails=emails,
         oldest_job_alarm_seconds=p.integer(s, path, "oldest_job_alarm_seconds", 900, minimum=60, maximum=86400),
         shortage_alarm_minutes=p.integer(s, path, "shortage_alarm_minutes", 15, minimum=1, maximum=1440))
+
+
+DEFAULT_SERVERS = {
+    # Pin an image digest for production; these tags are the projects' published server images.
+    "cpu": {"kind": "llama.cpp", "image": "ghcr.io/ggml-org/llama.cpp:server",
+            "model": "ggml-org/Qwen2.5-Coder-1.5B-Q8_0-GGUF", "port": 8080, "health_path": "/health"},
+    "gpu": {"kind": "vllm", "image": "vllm/vllm-openai:latest", "model": "Qwen/Qwen2.5-Coder-7B-Instruct",
+            "port": 8000, "health_path": "/health"},
+}
+IMAGE_REFERENCE = re.compile(r"[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?")
+SERVER_KINDS = {"cpu": ("llama.cpp",), "gpu": ("vllm",)}
+CERTIFICATE_ARN = re.compile(r"^arn:aws:acm:(us-[a-z]+-\d):(\d{12}):certificate/[0-9a-f-]{36}$")
+
+
+def _server(raw: Any, path: str, pool: str) -> ModelServerConfig:
+    default = DEFAULT_SERVERS[pool]
+    s = p.section(raw, path, tuple(default))
+    port = p.integer(s, path, "port", default["port"], minimum=1024, maximum=65535)
+    health = s.get("health_path", default["health_path"])
+    if not isinstance(health, str) or not re.fullmatch(r"/[A-Za-z0-9/_.-]*", health):
+        raise ConfigError(p.join(path, "health_path"), health, "an absolute URL path such as /health")
+    image = s.get("image", default["image"])
+    if not isinstance(image, str) or not IMAGE_REFERENCE.fullmatch(image):
+        raise ConfigError(p.join(path, "image"), image, "a container image reference, e.g. registry/name:tag")
+    model = s.get("model", default["model"])
+    if not isinstance(model, str) or not re.fullmatch(r"[A-Za-z0-9/._:-]+", model):
+        raise ConfigError(p.join(path, "model"), model, "a model path on the instance or a Hugging Face model id")
+    return ModelServerConfig(kind=p.choice(s, path, "kind", default["kind"], SERVER_KINDS[pool]), image=image,
+                             model=model, port=port, health_path=health)
+
+
+def _realtime(raw: Any, regions: tuple[str, ...], account: str | None) -> RealtimeConfig:
+    path = "realtime"
+    s = p.section(raw, path, ("enabled", "certificate_arns", "allowed_cidrs", "latency_slo_p99_ms",
+                              "initial_gpu_weight", "max_weight_step", "cpu_server", "gpu_server"))
+    enabled = p.boolean(s, path, "enabled", False)
+    arns = s.get("certificate_arns", {})
+    where = p.join(path, "certificate_arns")
+    if not isinstance(arns, Mapping):
+        raise ConfigError(where, arns, "an object mapping each configured region to an ACM certificate ARN")
+    for region, arn in arns.items():
+        match = CERTIFICATE_ARN.match(arn) if isinstance(arn, str) else None
+        if region not in regions:
+            raise ConfigError(p.join(where, region), arn, f"a configured region: {', '.join(regions)}")
+        if match is None or match.group(1) != region:
+            raise ConfigError(p.join(where, region), arn,
+                              f"an ACM certificate ARN in {region}: arn:aws:acm:{region}:ACCOUNT:certificate/ID")
+        if account is not None and match.group(2) != account:
+            raise ConfigError(p.join(where, region), arn, f"a certificate in account {account}")
+    if enabled:
+        for region in regions:
+            if region not in arns:
+                raise ConfigError(p.join(where, region), None,
+                                  "an ACM certificate ARN for the endpoint's TLS listener (realtime is enabled)")
+    cidrs = p.string_list(s, path, "allowed_cidrs", (), allow_empty=True)
+    for i, cidr in enumerate(cidrs):
+        if not re.fullmatch(r"(\d{1,3}\.){3}\d{1,3}/\d{1,2}", cidr):
+            raise ConfigError(p.join(p.join(path, "allowed_cidrs"), i), cidr, "an IPv4 CIDR such as 10.0.0.0/8")
+    return RealtimeConfig(
+        enabled=enabled, certificate_arns=dict(arns), allowed_cidrs=cidrs,
+        latency_slo_p99_ms=p.integer(s, path, "latency_slo_p99_ms", 2000, minimum=50, maximum=600_000),
+        initial_gpu_weight=p.integer(s, path, "initial_gpu_weight", 50, minimum=0, maximum=100),
+        max_weight_step=p.integer(s, path, "max_weight_step", 20, minimum=1, maximum=100),
+        cpu_server=_server(s.get("cpu_server"), p.join(path, "cpu_server"), "cpu"),
+        gpu_server=_server(s.get("gpu_server"), p.join(path, "gpu_server"), "gpu"),
+    )
