@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     freeze = live("freeze", "stop the rebalancer from resizing a pool or moving its jobs", pool=True)
     freeze.add_argument("--note", default="", help="why (shown in status and the decision log)")
     live("unfreeze", "clear a freeze or pin on a pool", pool=True)
-    pin = live("pin", "hold a pool at a desired capacity", pool=True)
+    pin = live("pin", "hold a pool at a desired capacity (or `pin endpoint N`: N% of requests to GPUs)", pool=True)
     pin.add_argument("desired", type=int)
     pin.add_argument("--note", default="")
     drain = live("drain", "take a pool down to its minimum and keep it there (new either-work goes elsewhere)",
@@ -234,7 +234,7 @@ def _operate(args: argparse.Namespace) -> int:
             rows = [row for view in views for row in ops.status(view)]
             print(json.dumps(rows, indent=2) if args.json else _table(rows, (
                 "region", "pool", "instance_type", "desired", "in_service", "pending", "min", "max", "queued",
-                "in_flight", "override", "capacity", "last_reason")))
+                "in_flight", "override", "capacity", "traffic", "last_reason")))
             return EXIT_OK
         view = views[0]
         if args.command == "explain":
@@ -247,6 +247,10 @@ def _operate(args: argparse.Namespace) -> int:
                 for pool, pool_decision in decision["pools"].items():
                     print(f"  {pool}: {pool_decision['current']} -> {pool_decision['desired']}: "
                           f"{pool_decision['reason']}")
+                if decision.get("endpoint"):
+                    endpoint = decision["endpoint"]
+                    print(f"  endpoint: GPU share {endpoint['previous_gpu_weight']}% -> {endpoint['gpu_weight']}%: "
+                          f"{endpoint['reason']}")
                 for pool, health in decision.get("health", {}).items():
                     if health.get("status") != "healthy" or health.get("admit", 1.0) < 1.0:
                         print(f"  {pool} capacity {health['status']}: {health.get('reason', '')}")
@@ -264,15 +268,16 @@ def _operate(args: argparse.Namespace) -> int:
                           f"{pool_decision['reason']}")
                 print("(nothing was changed)")
             return EXIT_OK
-        ops.check_pool(view, args.pool)
+        ops.check_pool(view, args.pool, args.command)
         state = view.state
         if args.command == "freeze":
             state.set_override(args.pool, frozen=True, note=args.note)
         elif args.command == "unfreeze":
             state.clear_override(args.pool)
         elif args.command == "pin":
-            if args.desired < 0:
-                print("crossfleet pin: desired must be 0 or more", file=sys.stderr)
+            if args.desired < 0 or (args.pool == ops.ENDPOINT and args.desired > 100):
+                what = "the GPU share, 0 to 100" if args.pool == ops.ENDPOINT else "0 or more"
+                print(f"crossfleet pin: desired must be {what}", file=sys.stderr)
                 return EXIT_USAGE
             state.set_override(args.pool, pinned_desired=args.desired, note=args.note)
         elif args.command == "drain":

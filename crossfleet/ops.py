@@ -88,9 +88,18 @@ def status(view: RegionView) -> list[dict[str, Any]]:
                          f"pinned {override.pinned_desired}" if override and override.pinned_desired is not None
                          else ""),
             "capacity": _capacity(last[0].get("health", {}).get(pool)) if last else "",
+            "traffic": _traffic(last[0].get("endpoint"), pool) if last else "",
             "last_reason": last[0]["pools"][pool]["reason"] if last and pool in last[0]["pools"] else "",
         })
     return rows
+
+
+def _traffic(endpoint: dict[str, Any] | None, pool: str) -> str:
+    """The pool's share of the real-time endpoint's requests, as last set ("" without an endpoint)."""
+    if not endpoint or endpoint.get("gpu_weight") is None:
+        return ""
+    gpu = int(endpoint["gpu_weight"])
+    return f"{gpu if pool == 'gpu' else 100 - gpu}%"
 
 
 def _capacity(health: dict[str, Any] | None) -> str:
@@ -118,7 +127,14 @@ class _EndpointSession:
         return self._view.session.client(service, endpoint_url=self._view.endpoint_url, **kwargs)
 
 
-def check_pool(view: RegionView, pool: str) -> None:
-    pools = view.settings.pools
+ENDPOINT = "endpoint"  # `freeze endpoint` holds the real-time split; `pin endpoint N` sets the GPU share (%)
+
+
+def check_pool(view: RegionView, pool: str, command: str = "") -> None:
+    pools = list(view.settings.pools)
+    if view.settings.endpoint is not None:
+        pools.append(ENDPOINT)
     if pool not in pools:
         raise ValueError(f"pool {pool!r}: one of {', '.join(pools)}")
+    if pool == ENDPOINT and command == "drain":
+        raise ValueError("drain takes a pool; pin the endpoint at 0 or 100 instead")

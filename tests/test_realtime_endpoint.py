@@ -153,3 +153,22 @@ def test_bad_realtime_settings_fail_with_one_message(raw: dict[str, Any], messag
     with pytest.raises(ConfigError) as error:
         parse_config(raw)
     assert str(error.value) == f"crossfleet config: {message}"
+
+
+def test_the_rebalancer_may_turn_only_this_endpoints_rule(realtime_app: SynthesizedApp):
+    template = realtime_app.template_json("us-east-1")
+    rule_id, _ = only(template, "AWS::ElasticLoadBalancingV2::ListenerRule")
+    statements = [s for policy in resources_of_type(template, "AWS::IAM::Policy").values()
+                  for s in policy["Properties"]["PolicyDocument"]["Statement"]]
+    elb = [s for s in statements if any(str(a).startswith("elasticloadbalancing:")
+                                        for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))]
+    modify = [s for s in elb if "elasticloadbalancing:ModifyRule" in json.dumps(s["Action"])]
+    assert modify and all(s["Resource"] == {"Ref": rule_id} for s in modify)
+    for statement in elb:
+        if statement["Resource"] == "*":
+            assert statement["Action"] == "elasticloadbalancing:DescribeRules", statement
+    functions = [f for f in resources_of_type(template, "AWS::Lambda::Function").values()
+                 if "CROSSFLEET_SETTINGS" in json.dumps(f["Properties"].get("Environment", {}))
+                 and "rebalancer" in f["Properties"].get("Handler", "")]
+    settings = json.dumps(functions[0]["Properties"]["Environment"])
+    assert rule_id in settings and "latency_slo_p99_seconds" in settings

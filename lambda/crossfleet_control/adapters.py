@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crossfleet_control.jobs import Job, JobRejected, parse_job
-from crossfleet_control.policy_types import ControllerMemory, Override, PoolMemory
+from crossfleet_control.policy_types import ControllerMemory, Override, PoolMemory, ServingMemory
 from crossfleet_control.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 
 AwsError = (BotoCoreError, ClientError)
@@ -356,7 +356,8 @@ class ControllerState:
             if sort_key == "memory":
                 data = json.loads(item["data"]["S"])
                 memory = ControllerMemory(pools={pool: PoolMemory(low_since=entry.get("low_since"))
-                                                 for pool, entry in data.get("pools", {}).items()})
+                                                 for pool, entry in data.get("pools", {}).items()},
+                                          serving=ServingMemory(**data.get("serving", {})))
             elif sort_key.startswith("override#"):
                 pinned = item.get("pinned_desired", {}).get("N")
                 overrides[sort_key.split("#", 1)[1]] = Override(
@@ -367,7 +368,8 @@ class ControllerState:
 
     def save_memory(self, memory: ControllerMemory, fence: int) -> None:
         """Fenced write: an invocation with an older token can never overwrite a newer one's memory."""
-        data = {"pools": {pool: {"low_since": m.low_since} for pool, m in memory.pools.items()}}
+        data = {"pools": {pool: {"low_since": m.low_since} for pool, m in memory.pools.items()},
+                "serving": asdict(memory.serving)}
         try:
             self.client.put_item(
                 TableName=self.table_name,

@@ -293,10 +293,14 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
     # hold off a scale-in but do not call for a scale-up. Jobs moved out no longer need this pool at all.
     visible_after = max(0, telemetry.visible + backlog_delta)
     visible_for_growth = min(visible_after, telemetry.visible)
-    needed = instances_for(visible_for_growth)
-    needed_to_keep = instances_for(visible_after)
-    why = (f"{telemetry.in_flight} running + {visible_after} queued need {needed_to_keep} instance(s) "
+    # The real-time endpoint's share of requests needs its own instances beside the queued work's.
+    serving = observation.serving_instances.get(name, 0)
+    needed = instances_for(visible_for_growth) + serving
+    needed_to_keep = instances_for(visible_after) + serving
+    why = (f"{telemetry.in_flight} running + {visible_after} queued need {needed_to_keep - serving} instance(s) "
            f"({streams} streams, {spec.mean_job_seconds:.1f}s/job, drain within {settings.target_wait_seconds:.0f}s)")
+    if serving:
+        why += f" + {serving} for the real-time endpoint"
     age = telemetry.oldest_age_seconds
     if (age is not None and age > settings.target_wait_seconds and telemetry.visible > 0
             and (telemetry.pending or 0) == 0 and needed <= base):

@@ -75,8 +75,17 @@ class PoolMemory:
 
 
 @dataclass(frozen=True)
+class ServingMemory:
+    """The real-time split's hysteresis: the cheaper split it has been waiting on, and for how many cycles."""
+
+    pending_cost_target: int | None = None
+    calm: int = 0
+
+
+@dataclass(frozen=True)
 class ControllerMemory:
     pools: Mapping[str, PoolMemory] = field(default_factory=dict)
+    serving: ServingMemory = field(default_factory=ServingMemory)
 
     def of(self, pool: str) -> PoolMemory:
         return self.pools.get(pool, PoolMemory())
@@ -95,6 +104,8 @@ class Observation:
     configured_regions: tuple[str, ...] = ()
     # The On-Demand share each group runs with now (None: unknown or not a mixed-instances group).
     on_demand_percentage: Mapping[str, int | None] = field(default_factory=dict)
+    # Instances each pool needs for the real-time endpoint's share of requests, on top of its queued work.
+    serving_instances: Mapping[str, int] = field(default_factory=dict)
 
     def override(self, pool: str) -> Override:
         return self.overrides.get(pool, Override())

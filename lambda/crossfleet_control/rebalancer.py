@@ -11,11 +11,11 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from crossfleet_control import policy
+from crossfleet_control import policy, serving
 from crossfleet_control.adapters import (
     AutoScalingFleets,
     ControllerState,
@@ -36,10 +36,19 @@ from crossfleet_control.capacity_health import (
     Signal,
     pool_health,
 )
+from crossfleet_control.endpoint import EndpointClient, serving_override
 from crossfleet_control.health_store import WRITE_ATTEMPTS, HealthStore
 from crossfleet_control.ledger import Ledger
 from crossfleet_control.metrics import MetricsRecorder
-from crossfleet_control.policy_types import Decision, Observation, PoolSpec, PoolTelemetry, QueuedJob
+from crossfleet_control.policy_types import (
+    ControllerMemory,
+    Decision,
+    Observation,
+    PoolSpec,
+    PoolTelemetry,
+    QueuedJob,
+)
+from crossfleet_control.serving import ServingDecision, ServingObservation
 from crossfleet_control.settings import Settings
 
 # A sampled message is held this long; the cycle releases it sooner (or moves it) well within the timeout.
@@ -59,6 +68,7 @@ class Dependencies:
     ages: QueueAges | None = None
     health: HealthStore | None = None
     forwarder: RegionForwarder | None = None
+    endpoint: EndpointClient | None = None
     clock: Callable[[], float] = time.time
 
 
@@ -96,6 +106,8 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
                            on_error=on_error),
         forwarder=RegionForwarder(peer_sqs, {r: peer.gpu_queue_url for r, peer in settings.peers.items()},
                                   on_error),
+        endpoint=EndpointClient(session.client("elbv2", config=config), session.client("cloudwatch", config=config),
+                                settings.endpoint, on_error) if settings.endpoint else None,
     )
 
 
@@ -212,6 +224,18 @@ def _capacity(deps: Dependencies, telemetry: dict[str, PoolTelemetry], now: floa
     return health, peers
 
 
+def _serve(deps: Dependencies, observation: Observation, specs: Mapping[str, PoolSpec],
+           memory: ControllerMemory) -> ServingDecision | None:
+    """The real-time endpoint's split and the instances it needs (None: this region has no endpoint)."""
+    if deps.endpoint is None or deps.settings.endpoint is None:
+        return None
+    config = deps.settings.endpoint.serving
+    telemetry = deps.endpoint.telemetry(observation.now, int(config.period_seconds))
+    seen = ServingObservation(gpu_weight=deps.endpoint.gpu_weight(), telemetry=telemetry,
+                              health=observation.health, override=serving_override(observation.overrides))
+    return serving.decide(seen, specs, config, memory.serving)
+
+
 def plan(deps: Dependencies) -> dict[str, Any]:
     """What the policy would do now, without the lease, sampling, writes or actions (`crossfleet plan`)."""
     memory, overrides = deps.state.load_controls()
@@ -237,6 +261,9 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         return {"status": "held", "reason": f"could not read controls: {error}"}
 
     observation = observe(deps, now, overrides, record_signals=settings.mode == "enforce")
+    endpoint = _serve(deps, observation, specs, memory)
+    if endpoint is not None:
+        observation = replace(observation, serving_instances=endpoint.instances)
     # Sample move candidates only where the policy sees a reason to.
     received: list[ReceivedJob] = []
     malformed: list[MalformedMessage] = []
@@ -254,6 +281,11 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
     applied = _apply(deps, decision, received, holder, fence, time_left) if settings.mode == "enforce" else {}
     if settings.mode != "enforce":
         _release(deps, received, moved=set())
+    if endpoint is not None and endpoint.changed and settings.mode == "enforce" and deps.endpoint is not None:
+        applied["endpoint_gpu_weight"] = endpoint.gpu_weight if deps.endpoint.set_gpu_weight(
+            endpoint.gpu_weight) else None
+    if endpoint is not None:
+        decision = replace(decision, memory=replace(decision.memory, serving=endpoint.memory))
 
     _publish_summary(deps, observation, decision, specs)
     try:
@@ -264,6 +296,11 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         # Memory only delays scale-in; losing one write restarts the delay, which is the safe direction.
         metrics.add("Errors", 1, Operation="dynamodb.save_memory")
     record = _record(settings, observation, decision, applied, len(malformed))
+    if endpoint is not None:
+        record["endpoint"] = {"previous_gpu_weight": endpoint.previous, "gpu_weight": endpoint.gpu_weight,
+                              "reason": endpoint.reason, "instances": dict(endpoint.instances)}
+        metrics.put("EndpointGpuWeight", endpoint.gpu_weight if endpoint.gpu_weight is not None else -1)
+        metrics.add("EndpointWeightChanges", int(endpoint.changed))
     try:
         deps.state.record_decision(record, fence, settings.decision_ttl_seconds)
     except Exception:
@@ -457,6 +494,8 @@ def api_call_bound(settings: Settings) -> int:
     # Capacity health: breakers query, a gap signal per pool (read + conditional write, retried on conflict),
     # every configured region's summary, this region's summary, an On-Demand share change per pool.
     fixed += 1 + 2 * WRITE_ATTEMPTS * pools + (1 + len(settings.peers)) + 1 + pools
+    # The real-time endpoint: its rule read, its metrics (one call), a weight change.
+    fixed += 3 if settings.endpoint else 0
     batches = math.ceil(settings.policy.move_budget / 10) + len(settings.pools)
     ledger_writes = math.ceil(settings.policy.move_budget / 25) + len(settings.pools)
     return fixed + 4 * batches + ledger_writes + 2 * settings.policy.move_budget

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crossfleet_control.capacity_health import PoolHealth
-from crossfleet_control.policy_types import PoolSpec
+from crossfleet_control.policy_types import PoolSpec, ServingMemory
 
 POOLS = ("cpu", "gpu")
 SPLIT_GRID = tuple(range(0, 101, 5))
@@ -67,12 +67,6 @@ class ServingObservation:
     telemetry: Mapping[str, TargetTelemetry]
     health: Mapping[str, PoolHealth]
     override: ServingOverride = ServingOverride()
-
-
-@dataclass(frozen=True)
-class ServingMemory:
-    pending_cost_target: int | None = None
-    calm: int = 0  # cycles in a row the same cost move was wanted
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ def decide(observation: ServingObservation, specs: Mapping[str, PoolSpec], setti
     rate = sum(telemetry[p].requests or 0.0 for p in POOLS) / settings.period_seconds
     slo = settings.latency_slo_p99_seconds
 
-    def result(weight: int, reason: str, new_memory: ServingMemory = ServingMemory(),
+    def result(weight: int, reason: str, new_memory: ServingMemory | None = None,
                aim: int | None = None) -> ServingDecision:
         # Size each side for the most traffic it has, gets, or is headed for: capacity arrives before traffic.
         splits = [g for g in (weight, current, aim) if g is not None]
@@ -137,7 +131,7 @@ def decide(observation: ServingObservation, specs: Mapping[str, PoolSpec], setti
             p99 = telemetry[pool].p99_seconds
             if share[pool] > 0 and p99 is not None and p99 > slo:
                 instances[pool] += max(1, math.ceil(instances[pool] * 0.25))  # over the SLO: more room now
-        return ServingDecision(current, weight, instances, reason, new_memory)
+        return ServingDecision(current, weight, instances, reason, new_memory or ServingMemory())
 
     gpu_health = observation.health.get("gpu", PoolHealth())
     gpu_can_grow = not (gpu_health.short or gpu_health.probing)

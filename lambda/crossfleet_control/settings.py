@@ -13,6 +13,7 @@ from typing import Any
 from crossfleet_control.jobs import Job
 from crossfleet_control.policy_types import PolicySettings, PoolSpec
 from crossfleet_control.service_model import profile_for
+from crossfleet_control.serving import ServingSettings
 
 # Median request of the Azure LLM code trace (Splitwise, ISCA'24): sizes fleets from queue counts alone.
 REFERENCE_JOB = Job(id="reference", job_class="inference", placement="either", preference="gpu", input_tokens=1469,
@@ -62,6 +63,30 @@ def pool_spec(name: str, instance_type: str, *, vcpus: int, accelerators: int, m
 
 
 @dataclass(frozen=True)
+class EndpointTargets:
+    """One pool's target group: its ARN (to set weights) and full name (its CloudWatch dimension)."""
+
+    arn: str
+    full_name: str
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """The region's real-time endpoint, when it has one."""
+
+    rule_arn: str
+    load_balancer_full_name: str
+    target_groups: Mapping[str, EndpointTargets]
+    serving: ServingSettings
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> EndpointSettings:
+        return cls(rule_arn=raw["rule_arn"], load_balancer_full_name=raw["load_balancer_full_name"],
+                   target_groups={p: EndpointTargets(**t) for p, t in raw["target_groups"].items()},
+                   serving=ServingSettings(**raw.get("serving", {})))
+
+
+@dataclass(frozen=True)
 class Settings:
     deployment: str
     region: str
@@ -75,6 +100,7 @@ class Settings:
     peers: Mapping[str, PeerRegion] = field(default_factory=dict)
     # The work queues' redrive threshold: sampling counts as a receive, so it must never use the last one.
     max_receive_count: int = 5
+    endpoint: EndpointSettings | None = None
 
     @property
     def configured_regions(self) -> tuple[str, ...]:
@@ -95,4 +121,5 @@ class Settings:
             policy=PolicySettings(**raw["policy"]),
             peers={name: PeerRegion(**peer) for name, peer in raw.get("peers", {}).items()},
             max_receive_count=int(raw.get("max_receive_count", 5)),
+            endpoint=EndpointSettings.from_dict(raw["endpoint"]) if raw.get("endpoint") else None,
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aws_cdk import Arn, ArnComponents, ArnFormat, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -44,6 +46,17 @@ class PeerNames:
     table_name: str
 
 
+@dataclass(frozen=True)
+class EndpointWiring:
+    """What the rebalancer needs of the real-time endpoint: the rule it turns and the metrics it reads."""
+
+    rule: elbv2.ApplicationListenerRule
+    load_balancer: elbv2.ApplicationLoadBalancer
+    target_groups: Mapping[str, elbv2.ApplicationTargetGroup]
+    latency_slo_p99_seconds: float
+    max_weight_step: int
+
+
 class Rebalancer(Construct):
     function: lambda_.Function
     schedule: events.Rule
@@ -51,7 +64,8 @@ class Rebalancer(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, config: RebalancerConfig, deployment: str, region: str,
                  queues: WorkQueues, state: StateTable, groups: dict[str, PoolGroup],
-                 peers: tuple[PeerNames, ...] = (), max_receive_count: int = 5) -> None:
+                 peers: tuple[PeerNames, ...] = (), max_receive_count: int = 5,
+                 endpoint: EndpointWiring | None = None) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
         schedule_seconds = config.schedule_minutes * 60
@@ -78,6 +92,15 @@ class Rebalancer(Construct):
                 "gpu_queue_url": f"https://sqs.{peer.region}.amazonaws.com/{stack.account}/{peer.gpu_queue_name}",
                 "table_name": peer.table_name} for peer in peers},
         }
+        if endpoint is not None:
+            settings["endpoint"] = {
+                "rule_arn": endpoint.rule.listener_rule_arn,
+                "load_balancer_full_name": endpoint.load_balancer.load_balancer_full_name,
+                "target_groups": {pool: {"arn": tg.target_group_arn, "full_name": tg.target_group_full_name}
+                                  for pool, tg in endpoint.target_groups.items()},
+                "serving": {"latency_slo_p99_seconds": endpoint.latency_slo_p99_seconds,
+                            "max_weight_step": endpoint.max_weight_step, "period_seconds": schedule_seconds},
+            }
 
         controller = controller_function(
             self, handler="crossfleet_control.rebalancer.handler",
@@ -130,6 +153,13 @@ class Rebalancer(Construct):
                 resources=[Arn.format(ArnComponents(service="dynamodb", region=peer.region, resource="table",
                                                     resource_name=peer.table_name), stack) for peer in peers],
                 conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["capacity#*"]}}))
+        if endpoint is not None:
+            role.add_to_policy(iam.PolicyStatement(
+                sid="TurnOnlyTheEndpointsRule", actions=["elasticloadbalancing:ModifyRule"],
+                resources=[endpoint.rule.listener_rule_arn]))
+            role.add_to_policy(iam.PolicyStatement(
+                # Describe calls do not support resource-level permissions.
+                sid="ReadEndpointRules", actions=["elasticloadbalancing:DescribeRules"], resources=["*"]))
         role.add_to_policy(iam.PolicyStatement(
             sid="DescribeGroupsAndActivities",
             actions=["autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities"],
