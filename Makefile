@@ -45,7 +45,7 @@ lint: setup
 	$(PY) -m ruff check .
 
 # The shipped scenarios read the Azure code trace from ../shared/traces (see README: Data).
-SCENARIOS := steady burst gpu-shortage spot-wave price-change
+SCENARIOS := steady burst gpu-shortage spot-wave price-change realtime
 bench: setup
 	@for s in $(SCENARIOS); do \
 		echo "==> bench $$s"; \

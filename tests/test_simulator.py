@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,43 @@ def test_shortage_keeps_either_and_cpu_only_on_time_and_finishes_gpu_only_work_i
         kept = short["slo_attainment_by_placement"][placement]
         assert kept >= calm["slo_attainment_by_placement"][placement] - 0.05, (placement, kept, calm)
     assert short["slo_attainment_by_placement"]["either"] > baseline["slo_attainment_by_placement"]["either"]
+
+
+def serving_scenario(events: list[dict]) -> dict:
+    raw = small_scenario(seed=9, duration_seconds=3600, drain_seconds=600, events=events)
+    raw["serving"] = {"latency_slo_p99_seconds": 60, "initial_gpu_weight": 50, "max_weight_step": 20}
+    raw["regions"]["us-east-1"]["gpu"].update(max_size=6, start=2)
+    raw["regions"]["us-east-1"]["cpu"].update(max_size=30)  # enough Graviton to carry every request alone
+    raw["workload"]["synthetic"] = [raw["workload"]["synthetic"][0]]  # real-time requests only
+    raw["workload"]["synthetic"][0]["rate_per_second"] = 3.0
+    return raw
+
+
+def test_serving_mode_runs_the_lambdas_serving_module_and_loses_no_request():
+    import crossfleet.sim.serving_controllers as serving_sim
+    import crossfleet_control.serving as lambda_serving
+
+    assert serving_sim.serving is lambda_serving
+    report = bench(parse_scenario(serving_scenario([])))
+    assert set(report["policies"]) == {"serving-crossfleet", "serving-gpu-only", "serving-target-tracking"}
+    for result in report["policies"].values():
+        assert result["jobs_lost"] == 0
+        assert result["jobs_completed"] + result["jobs_unfinished"] == result["jobs_submitted"]
+    assert report["policies"]["serving-crossfleet"]["jobs_unfinished"] == 0
+
+
+def test_serving_shifts_traffic_to_graviton_while_gpus_cannot_launch_and_back_after():
+    shortage = {"type": "capacity", "region": "us-east-1", "pool": "gpu", "start": 600, "end": 1200,
+                "max_instances": 0, "reclaim": True}
+    _, sim = simulate(parse_scenario(serving_scenario([shortage])), "serving-crossfleet")
+    weights = {at: weight for at, _, weight in sim.controller.weight_history}
+    before = [w for at, w in weights.items() if at < 600]
+    during = [w for at, w in weights.items() if 600 <= at < 1200]
+    after = [w for at, w in weights.items() if at >= 1200]
+    assert before and max(before) > 50, f"GPUs are cheaper per request: traffic moves to them ({weights})"
+    assert during and during[-1] == 0, f"no GPU traffic while the GPUs are gone ({weights})"
+    assert after and after[-1] > 50, f"traffic returns to the GPUs after recovery ({weights})"
+    assert all(b >= a for a, b in pairwise(after)), f"back without flapping: {after}"
+    gpu_requests = [r for r in sim.records if r.regions_run and r.pools_run == ["gpu"]
+                    and 600 + 120 <= r.start < 1200]
+    assert not gpu_requests, "nothing ran on GPUs that were not there"

@@ -11,6 +11,7 @@ from crossfleet.sim.bound import deadline_bound_cost, lower_bound_cost
 from crossfleet.sim.controllers import POLICIES, make_controller
 from crossfleet.sim.engine import Simulation
 from crossfleet.sim.scenario import Scenario
+from crossfleet.sim.serving_controllers import SERVING_POLICIES, make_serving_controller
 from crossfleet.sim.workload import Arrival, build_workload
 from crossfleet_control.policy_types import PolicySettings
 
@@ -22,7 +23,12 @@ def simulate(scenario: Scenario, policy_name: str, *, arrivals: list[Arrival] | 
              progress: bool = False) -> tuple[dict[str, Any], Simulation]:
     arrivals = build_workload(scenario) if arrivals is None else arrivals
     settings = PolicySettings(**scenario.rebalancer.policy_fields())
-    sim = Simulation(scenario, arrivals, make_controller(policy_name, settings), progress=progress).run()
+    if scenario.serving is not None and policy_name in SERVING_POLICIES:
+        controller = make_serving_controller(policy_name, settings, scenario.serving,
+                                             scenario.control_period_seconds)
+    else:
+        controller = make_controller(policy_name, settings)
+    sim = Simulation(scenario, arrivals, controller, progress=progress).run()
     return summarize(scenario, policy_name, sim), sim
 
 
@@ -120,7 +126,10 @@ def write_plots(sim: Simulation, out_dir: Path, *, title: str) -> None:
 
 
 def bench(scenario: Scenario, out_dir: Path | None = None, *, progress: bool = False,
-          policies: tuple[str, ...] = POLICIES) -> dict[str, Any]:
+          policies: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every policy on one workload: the queue policies, or for a serving scenario the endpoint policies."""
+    if policies is None:
+        policies = SERVING_POLICIES if scenario.serving is not None else POLICIES
     arrivals = build_workload(scenario)
     results = {}
     for name in policies:
@@ -148,14 +157,18 @@ def bench_table(report: dict[str, Any]) -> str:
         return f"{cost / base:.2f}" if base else "-"
 
     slo_bound = report["deadline_lower_bound_cost_usd"]
+    # A serving scenario's baselines carry the `serving-` prefix; the columns compare with the same two.
+    prefix = "serving-" if any(name.startswith("serving-") for name in policies) else ""
+    width = max(16, *(len(name) + 1 for name in policies))
     lines = [f"scenario {report['scenario']}: {report['jobs']} jobs, lower bound ${bound:.2f} "
              f"(deadline-aware bound ${slo_bound:.2f})",
-             f"{'policy':<16}{'cost $':>9}{'/gpu-only':>10}{'/target-tr':>11}{'/bound':>8}{'/dl-bnd':>8}{'SLO':>8}"
+             f"{'policy':<{width}}{'cost $':>9}{'/gpu-only':>10}{'/target-tr':>11}{'/bound':>8}{'/dl-bnd':>8}{'SLO':>8}"
              f"{'p50 s':>8}{'p99 s':>8}{'lost':>6}{'moves':>7}"]
     for name, result in policies.items():
         cost = result["cost_usd"]
         lines.append(
-            f"{name:<16}{cost:>9.2f}{ratio(cost, 'gpu-only'):>10}{ratio(cost, 'target-tracking'):>11}"
+            f"{name:<{width}}{cost:>9.2f}{ratio(cost, prefix + 'gpu-only'):>10}"
+            f"{ratio(cost, prefix + 'target-tracking'):>11}"
             f"{(cost / bound if bound else float('nan')):>8.2f}"
             f"{(cost / slo_bound if slo_bound else float('nan')):>8.2f}{result['slo_attainment']:>8.3f}"
             f"{(result['latency_p50_s'] or 0):>8.1f}{(result['latency_p99_s'] or 0):>8.1f}{result['jobs_lost']:>6}"

@@ -66,6 +66,13 @@ class Event:
 
 
 @dataclass(frozen=True)
+class ServingScenario:
+    latency_slo_p99_seconds: float
+    initial_gpu_weight: int
+    max_weight_step: int
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -78,6 +85,8 @@ class Scenario:
     synthetic: tuple[SyntheticStream, ...]
     events: tuple[Event, ...]
     rebalancer: RebalancerConfig
+    # Real-time serving: requests go through an endpoint split by weight instead of through queues.
+    serving: ServingScenario | None = None
 
     @property
     def horizon_seconds(self) -> float:
@@ -97,7 +106,7 @@ def load_scenario(path: str | Path, *, trace_override: str | None = None) -> Sce
 
 def parse_scenario(raw: Any, *, base_dir: Path = Path("."), trace_override: str | None = None) -> Scenario:
     top = p.section(raw, "", ("name", "description", "duration_seconds", "drain_seconds", "control_period_seconds",
-                              "seed", "regions", "workload", "events", "rebalancer"))
+                              "seed", "regions", "workload", "events", "rebalancer", "serving"))
     regions_raw = p.section(top.get("regions"), "regions", US_REGIONS)
     if not regions_raw:
         raise ConfigError("regions", top.get("regions"), f"at least one of {', '.join(US_REGIONS)}")
@@ -125,7 +134,15 @@ def parse_scenario(raw: Any, *, base_dir: Path = Path("."), trace_override: str 
         seed=p.integer(top, "", "seed", 1), regions=regions, trace=trace, synthetic=synthetic,
         events=tuple(_event(e, f"events[{i}]", regions) for i, e in enumerate(events_raw)),
         # The same keys, defaults and checks as the deployment's `rebalancer` config section.
-        rebalancer=parse_rebalancer(top.get("rebalancer")))
+        rebalancer=parse_rebalancer(top.get("rebalancer")),
+        serving=_serving(top["serving"]) if top.get("serving") is not None else None)
+
+
+def _serving(raw: Any) -> ServingScenario:
+    s = p.section(raw, "serving", ("latency_slo_p99_seconds", "initial_gpu_weight", "max_weight_step"))
+    return ServingScenario(latency_slo_p99_seconds=_number(s, "serving", "latency_slo_p99_seconds", 30, 0.05, 3600),
+                           initial_gpu_weight=p.integer(s, "serving", "initial_gpu_weight", 50, maximum=100),
+                           max_weight_step=p.integer(s, "serving", "max_weight_step", 20, minimum=1, maximum=100))
 
 
 def _number(raw: Any, path: str, key: str, default: float, low: float, high: float) -> float:

@@ -6,11 +6,12 @@ One number is decided: the GPU pool's share of requests (`gpu_weight`, 0-100; Gr
    not step-limited). Telemetry that could not be read holds the split.
 2. An operator's freeze holds it; a pin sets it (within rule 1).
 3. Latency first: a side whose p99 is over the SLO gives traffic to the other side if that side has room under
-   the SLO; a short or probing GPU pool gives traffic to Graviton.
+   the SLO; a short GPU pool gives all its traffic to Graviton, a probing or recovering one keeps at most the share
+   its breakers admit (25% probing, then 50% rising to 100% as it recovers), as the router does for jobs.
 4. Otherwise cost: the split that needs the cheapest instances for the current request rate (GPUs are about 10x
    cheaper per request at full batch, Graviton is cheaper than an idle GPU at low traffic). A cost move waits until
-   it has been wanted `calm_cycles` cycles in a row with both sides comfortably inside the SLO (hysteresis), so a
-   steady load does not flap.
+   it has been wanted `calm_cycles` cycles in a row with the receiving side comfortably inside the SLO
+   (hysteresis), so a steady load does not flap.
 
 Every change is at most `max_weight_step` and never more traffic than the receiving side's healthy hosts can
 carry at the target utilization. The instances each pool needs are sized for the larger of its current and its
@@ -134,22 +135,26 @@ def decide(observation: ServingObservation, specs: Mapping[str, PoolSpec], setti
         return ServingDecision(current, weight, instances, reason, new_memory or ServingMemory())
 
     gpu_health = observation.health.get("gpu", PoolHealth())
-    gpu_can_grow = not (gpu_health.short or gpu_health.probing)
+    # A probing or recovering GPU pool takes the share of traffic its breakers admit, as the router does for jobs.
+    gpu_cap = 0 if gpu_health.short else int(gpu_health.admit * 100) // 5 * 5
     p99 = {p: telemetry[p].p99_seconds for p in POOLS}
-    over = {p: p99[p] is not None and p99[p] > slo for p in POOLS}
+    # Over the SLO only on fresh evidence: a p99 from requests that completed this period after the traffic
+    # stopped arriving (a burst that is over) would shift weights for a load that is gone, and then back.
+    over = {p: p99[p] is not None and p99[p] > slo and (telemetry[p].requests or 0) > 0 for p in POOLS}
 
     # 1. Never send traffic to a side with no healthy targets, but size it for the share it should have, so it
     # comes up (then rule 4 hands it traffic in bounded steps).
     if not healthy["cpu"] and not healthy["gpu"]:
         return result(current, "hold: neither pool has a healthy target", aim=cheapest_split(rate, specs, settings))
     if not healthy["gpu"]:
-        aim = cheapest_split(rate, specs, settings) if gpu_can_grow else 0
-        if over["cpu"] and gpu_can_grow:
-            aim = max(aim, settings.max_weight_step)
+        # Probing, this asks for the one probe instance that tells whether GPUs are back; short, for none.
+        aim = min(cheapest_split(rate, specs, settings), gpu_cap)
+        if over["cpu"]:
+            aim = max(aim, min(settings.max_weight_step, gpu_cap))
         return result(0, "all traffic to Graviton: the GPU target group has no healthy hosts", aim=aim)
     if not healthy["cpu"]:
         aim = cheapest_split(rate, specs, settings)
-        if over["gpu"] or not gpu_can_grow:
+        if over["gpu"] or gpu_cap < 100:
             aim = min(aim, 100 - settings.max_weight_step)
         return result(100, "all traffic to GPUs: the Graviton target group has no healthy hosts", aim=aim)
 
@@ -174,13 +179,14 @@ def decide(observation: ServingObservation, specs: Mapping[str, PoolSpec], setti
         return weight
 
     # 3. Latency and capacity shortage.
-    if not gpu_can_grow:
-        weight = step_toward(0)
-        return result(weight, f"toward Graviton: GPU capacity {gpu_health.status} ({gpu_health.reason})", aim=0)
-    if over["cpu"] and not over["gpu"] and current < 100:
-        weight = step_toward(100)
+    if current > gpu_cap:
+        weight = step_toward(gpu_cap)
+        return result(weight, f"toward Graviton: GPU capacity {gpu_health.status} ({gpu_health.reason}), "
+                              f"at most {gpu_cap}% GPU", aim=gpu_cap)
+    if over["cpu"] and not over["gpu"] and current < gpu_cap:
+        weight = step_toward(gpu_cap)
         return result(weight, f"toward GPUs: Graviton p99 {p99['cpu']:.2f}s over the {slo:.2f}s SLO",
-                      aim=min(100, current + settings.max_weight_step))
+                      aim=min(gpu_cap, current + settings.max_weight_step))
     if over["gpu"] and not over["cpu"] and current > 0:
         weight = step_toward(0)
         return result(weight, f"toward Graviton: GPU p99 {p99['gpu']:.2f}s over the {slo:.2f}s SLO",
@@ -189,12 +195,12 @@ def decide(observation: ServingObservation, specs: Mapping[str, PoolSpec], setti
         return result(current, f"hold: both pools over the {slo:.2f}s SLO; both grow")
 
     # 4. Cost, with hysteresis.
-    target = cheapest_split(rate, specs, settings)
-    if gpu_health.admit < 1.0:
-        target = min(target, current)  # a recovering GPU pool regains traffic once its capacity is trusted again
-    comfortable = all(p99[p] is None or p99[p] <= slo * settings.comfort for p in POOLS)
+    target = min(cheapest_split(rate, specs, settings), gpu_cap)
     if abs(target - current) < MIN_CHANGE:
         return result(current, f"steady at {current}% GPU: the cheapest split for {rate:.1f} req/s")
+    # The side that would take the traffic must be comfortably inside the SLO (it was sized for it first).
+    receiver = "gpu" if target > current else "cpu"
+    comfortable = p99[receiver] is None or p99[receiver] <= slo * settings.comfort
     same = memory.pending_cost_target is not None and (memory.pending_cost_target > current) == (target > current)
     calm = memory.calm + 1 if (same and comfortable) else (1 if comfortable else 0)
     if calm < settings.calm_cycles:
