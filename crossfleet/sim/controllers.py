@@ -135,13 +135,19 @@ class TargetTracking:
             telemetry = pool.telemetry(now)
             per_instance = pool.profile.streams * self.target_wait_seconds / pool.spec.mean_job_seconds
             backlog = (telemetry.visible or 0) + (telemetry.in_flight or 0)
-            want = policy.clamp(math.ceil(backlog / per_instance), pool.spec.min_size, pool.spec.max_size)
-            if want > pool.desired:
-                sim.set_desired(pool, want, now)
-            elif want < pool.desired and now - self.last_scale_in.get(pool.key, -math.inf) >= self.cooldown_seconds:
-                sim.set_desired(pool, want, now)
-                self.last_scale_in[pool.key] = now
+            track_target(sim, pool, math.ceil(backlog / per_instance), now, self.last_scale_in, self.cooldown_seconds)
             sim.api_calls += 1  # the custom backlog-per-instance metric, published once per pool per period
+
+
+def track_target(sim: Simulation, pool: Pool, want: int, now: float, last_scale_in: dict[str, float],
+                 cooldown_seconds: float) -> None:
+    """One target-tracking step as AWS runs it: scale out at once, scale in after the cooldown."""
+    want = policy.clamp(want, pool.spec.min_size, pool.spec.max_size)
+    if want > pool.desired:
+        sim.set_desired(pool, want, now)
+    elif want < pool.desired and now - last_scale_in.get(pool.key, -math.inf) >= cooldown_seconds:
+        sim.set_desired(pool, want, now)
+        last_scale_in[pool.key] = now
 
 
 def _preferred(record: JobRecord) -> str:

@@ -18,7 +18,7 @@ import math
 import zlib
 from dataclasses import replace
 
-from crossfleet.sim.controllers import CrossfleetPolicy
+from crossfleet.sim.controllers import CrossfleetPolicy, track_target
 from crossfleet.sim.engine import JobRecord, Pool, Simulation
 from crossfleet.sim.scenario import ServingScenario
 from crossfleet_control import policy, serving
@@ -129,13 +129,8 @@ class RequestCountTracking:
         for name, pool in pools.items():
             count = self.requests.pop((region, name), 0)
             per_target = pool.profile.jobs_per_second(pool.spec.mean_job_seconds) * TARGET_UTILIZATION * period
-            want = policy.clamp(math.ceil(count / per_target), pool.spec.min_size, pool.spec.max_size)
-            if want > pool.desired:
-                sim.set_desired(pool, want, now)
-            elif want < pool.desired and now - self.last_scale_in.get(pool.key, -math.inf) >= self.cooldown_seconds:
-                sim.set_desired(pool, want, now)
-                self.last_scale_in[pool.key] = now
-            sim.api_calls += 0  # target tracking runs inside AWS
+            # Target tracking runs inside AWS: no controller API calls to count.
+            track_target(sim, pool, math.ceil(count / per_target), now, self.last_scale_in, self.cooldown_seconds)
 
 
 def make_serving_controller(name: str, settings: PolicySettings, scenario: ServingScenario,
