@@ -266,6 +266,10 @@ def _operate(args: argparse.Namespace) -> int:
                 for pool, pool_decision in planned["pools"].items():
                     print(f"{pool}: {pool_decision['current']} -> {pool_decision['desired']}: "
                           f"{pool_decision['reason']}")
+                if planned.get("endpoint"):
+                    endpoint = planned["endpoint"]
+                    print(f"endpoint: GPU share {endpoint['previous_gpu_weight']}% -> {endpoint['gpu_weight']}%: "
+                          f"{endpoint['reason']}")
                 print("(nothing was changed)")
             return EXIT_OK
         ops.check_pool(view, args.pool, args.command)

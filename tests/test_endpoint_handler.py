@@ -228,3 +228,20 @@ def test_an_operator_pins_the_split_with_the_cli_override_and_drain_is_refused()
         record = endpoint.minute(rate=10.0)
         assert endpoint.weights() == {"cpu": 90, "gpu": 10} and "GPU driver rollout" in record["endpoint"]["reason"]
         assert ops._traffic(record["endpoint"], "cpu") == "90%"
+
+
+def test_a_frozen_pool_holds_the_split_and_plan_shows_the_endpoint_without_turning_it():
+    from crossfleet_control.rebalancer import plan
+
+    with mock_aws():
+        endpoint = Endpoint(gpu_weight=50)
+        endpoint.metrics.publish(endpoint.now, endpoint.balancer, endpoint.full_names["cpu"], requests=60,
+                                 healthy=2, p50=2.0, p99=6.0)
+        endpoint.metrics.publish(endpoint.now, endpoint.balancer, endpoint.full_names["gpu"], requests=60,
+                                 healthy=2, p50=0.1, p99=0.4)
+        planned = plan(endpoint.deps)
+        assert planned["endpoint"]["gpu_weight"] == 70 and endpoint.weights() == {"cpu": 50, "gpu": 50}
+        endpoint.deps.state.set_override("gpu", frozen=True, note="driver rollout")
+        record = endpoint.minute(rate=2.0, p99={"cpu": 6.0, "gpu": 0.4})
+        assert endpoint.weights() == {"cpu": 50, "gpu": 50}
+        assert "pool gpu frozen by operator" in record["endpoint"]["reason"]

@@ -92,7 +92,9 @@ class EndpointClient:
 
 def serving_override(overrides: Mapping[str, Override]) -> ServingOverride:
     """An operator's `freeze endpoint` / `pin endpoint N` (N: the GPU share in percent)."""
+    frozen_pools = tuple(sorted(pool for pool, o in overrides.items() if pool != "endpoint" and o.frozen))
     override = overrides.get("endpoint")
     if override is None:
-        return ServingOverride()
-    return ServingOverride(frozen=override.frozen, pinned_gpu_weight=override.pinned_desired, note=override.note)
+        return ServingOverride(frozen_pools=frozen_pools)
+    return ServingOverride(frozen=override.frozen, pinned_gpu_weight=override.pinned_desired, note=override.note,
+                           frozen_pools=frozen_pools)

@@ -241,12 +241,19 @@ def plan(deps: Dependencies) -> dict[str, Any]:
     memory, overrides = deps.state.load_controls()
     observation = observe(deps, deps.clock(), overrides)
     specs = deps.settings.specs()
+    endpoint = _serve(deps, observation, specs, memory)
+    if endpoint is not None:
+        observation = replace(observation, serving_instances=endpoint.instances)
     decision = policy.decide(observation, specs, deps.settings.policy, memory)
     sampling = policy.plan_sampling(observation, specs, deps.settings.policy)
-    return {"at": observation.now, "observation": {p: asdict(t) for p, t in observation.pools.items()},
-            "overrides": {p: asdict(o) for p, o in overrides.items()},
-            "pools": {p: asdict(d) for p, d in decision.pools.items()},
-            "would_sample": [asdict(r) for r in sampling]}
+    planned = {"at": observation.now, "observation": {p: asdict(t) for p, t in observation.pools.items()},
+               "overrides": {p: asdict(o) for p, o in overrides.items()},
+               "pools": {p: asdict(d) for p, d in decision.pools.items()},
+               "would_sample": [asdict(r) for r in sampling]}
+    if endpoint is not None:
+        planned["endpoint"] = {"previous_gpu_weight": endpoint.previous, "gpu_weight": endpoint.gpu_weight,
+                               "reason": endpoint.reason}
+    return planned
 
 
 def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], float]) -> dict[str, Any]:

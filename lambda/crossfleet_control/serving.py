@@ -60,6 +60,8 @@ class ServingOverride:
     frozen: bool = False
     pinned_gpu_weight: int | None = None
     note: str = ""
+    # Pools an operator froze: traffic is not shifted into or out of a pool that may not be resized.
+    frozen_pools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ def decide(observation: ServingObservation, specs: Mapping[str, PoolSpec], setti
     note = f": {override.note}" if override.note else ""
     if override.frozen:
         return result(current, f"frozen by operator{note}")
+    if override.frozen_pools:
+        return result(current, f"hold: pool {', '.join(override.frozen_pools)} frozen by operator")
     if override.pinned_gpu_weight is not None:
         return result(override.pinned_gpu_weight, f"pinned at {override.pinned_gpu_weight}% GPU by operator{note}")
 
