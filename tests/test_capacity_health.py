@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from moto import mock_aws
@@ -278,8 +279,11 @@ EVENT_SETTINGS = EventSettings(deployment="crossfleet-test", region="us-east-1",
                                capacity_block_id="cr-0block", block_instance_type="p5.48xlarge")
 
 
-def launch_event(group: str, message: str = ICE, kind: str = LAUNCH_UNSUCCESSFUL, instance: str = "") -> dict:
-    return {"detail-type": kind, "source": "aws.autoscaling", "region": "us-east-1", "time": "2026-11-23T10:00:00Z",
+def launch_event(group: str, message: str = ICE, kind: str = LAUNCH_UNSUCCESSFUL, instance: str = "",
+                 at: float = 0.0) -> dict:
+    """An Auto Scaling launch event as EventBridge delivers it, stamped at `at` on the caller's clock."""
+    stamp = datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"detail-type": kind, "source": "aws.autoscaling", "region": "us-east-1", "time": stamp,
             "detail": {"AutoScalingGroupName": group, "StatusMessage": message, "StatusCode": "Failed",
                        "EC2InstanceId": instance}}
 

@@ -114,7 +114,7 @@ class World:
     def minute(self) -> None:
         self.now += 60
         if self.short:  # the group keeps failing: AWS sends one event per failed launch activity
-            self.events.handle(launch_event(self.east.settings.pools["gpu"].group_name), self.now)
+            self.events.handle(launch_event(self.east.settings.pools["gpu"].group_name, at=self.now), self.now)
         for name in ("us-west-2", "us-east-1"):
             result = run_cycle(self.deps[name], {}, holder=f"{name}-rebalancer", remaining_ms=lambda: 50_000)
             assert result["status"] == "ok", result
@@ -132,7 +132,7 @@ class World:
             if instance["InstanceId"] not in self.seen_instances:
                 self.seen_instances.add(instance["InstanceId"])
                 self.events.handle(launch_event(group["AutoScalingGroupName"], kind=LAUNCH_SUCCESSFUL,
-                                                instance=instance["InstanceId"]), self.now)
+                                                instance=instance["InstanceId"], at=self.now), self.now)
 
     def work(self) -> None:
         """Workers on every pool that has instances in service drain their queues."""
