@@ -103,12 +103,9 @@ class CrossfleetPolicy:
             if pool_decision.desired is not None and pool_decision.desired != pools[name].desired:
                 sim.set_desired(pools[name], pool_decision.desired, now)
                 calls += 1
-        gpu, health = pools["gpu"], self.health[region]["gpu"]
-        gpu_telemetry = telemetry["gpu"]
-        self.summaries[region] = RegionSummary(region, health.status, health.admit, gpu_telemetry.in_service or 0,
-                                               gpu.desired, gpu.spec.max_size, gpu_telemetry.visible or 0, now,
-                                               policy.queue_wait_seconds(observation, specs, "gpu") or 0.0,
-                                               self.settings.target_wait_seconds)
+        summary = policy.region_summary(observation, specs, self.settings, decision)
+        if summary is not None:
+            self.summaries[region] = summary
         sim.api_calls += calls
 
 

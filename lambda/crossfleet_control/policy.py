@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from crossfleet_control.capacity_health import PoolHealth, failover_target
+from crossfleet_control.capacity_health import PoolHealth, RegionSummary, failover_target
 from crossfleet_control.jobs import Job
 from crossfleet_control.policy_types import (
     ControllerMemory,
@@ -122,6 +122,24 @@ def queue_wait_seconds(observation: Observation, specs: Mapping[str, PoolSpec], 
     if load is None:
         return None
     return min(load.eta_seconds(), MAX_PUBLISHED_WAIT_SECONDS)
+
+
+def region_summary(observation: Observation, specs: Mapping[str, PoolSpec], settings: PolicySettings,
+                   decision: Decision, pool: str = "gpu") -> RegionSummary | None:
+    """This region's GPU pool as the other regions' failover reads it, after this cycle's decision (None while
+    its telemetry is unknown: unknown is published as nothing, so the last summary ages out)."""
+    telemetry, spec = observation.pools.get(pool), specs.get(pool)
+    if telemetry is None or telemetry.missing() or spec is None:
+        return None
+    health = observation.health_of(pool)
+    pool_decision = decision.pools.get(pool)
+    desired = pool_decision.desired if pool_decision is not None else None
+    return RegionSummary(
+        region=observation.region, status=health.status, admit=health.admit, in_service=telemetry.in_service or 0,
+        desired=desired if desired is not None else telemetry.desired or 0, max_size=spec.max_size,
+        queued=telemetry.visible or 0, updated_at=observation.now,
+        wait_seconds=queue_wait_seconds(observation, specs, pool) or 0.0,
+        target_wait_seconds=settings.target_wait_seconds)
 
 
 def _failover_region(observation: Observation, settings: PolicySettings) -> tuple[str | None, str]:

@@ -388,20 +388,11 @@ def _group_moves(decision: Decision) -> dict[tuple[str, str, str | None], list[A
 def _publish_summary(deps: Dependencies, observation: Observation, decision: Decision,
                      specs: Mapping[str, PoolSpec]) -> None:
     """This region's GPU capacity as the other regions' failover sees it (a summary nobody renews goes stale)."""
-    pool = "gpu"
-    if deps.health is None or pool not in deps.settings.pools:
+    if deps.health is None:
         return
-    telemetry, health = observation.pools.get(pool), observation.health_of(pool)
-    if telemetry is None or telemetry.missing():
-        return  # unknown is published as nothing: the summary ages out and peers stop sending work here
-    pool_decision = decision.pools[pool]
-    summary = RegionSummary(
-        region=deps.settings.region, status=health.status, admit=health.admit,
-        in_service=telemetry.in_service or 0,
-        desired=pool_decision.desired if pool_decision.desired is not None else telemetry.desired or 0,
-        max_size=deps.settings.pools[pool].max_size, queued=telemetry.visible or 0, updated_at=observation.now,
-        wait_seconds=policy.queue_wait_seconds(observation, specs, pool) or 0.0,
-        target_wait_seconds=deps.settings.policy.target_wait_seconds)
+    summary = policy.region_summary(observation, specs, deps.settings.policy, decision)
+    if summary is None:
+        return
     try:
         deps.health.publish(summary)
     except Exception:
