@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from crossfleet.sim.controllers import POLICIES, make_controller
 from crossfleet.sim.engine import Simulation
 from crossfleet.sim.scenario import Scenario
 from crossfleet.sim.serving_controllers import SERVING_POLICIES, make_serving_controller
+from crossfleet.sim.stats import percentile
 from crossfleet.sim.workload import Arrival, build_workload
 from crossfleet_control.policy_types import PolicySettings
 
@@ -30,13 +30,6 @@ def simulate(scenario: Scenario, policy_name: str, *, arrivals: list[Arrival] | 
         controller = make_controller(policy_name, settings)
     sim = Simulation(scenario, arrivals, controller, progress=progress).run()
     return summarize(scenario, policy_name, sim), sim
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def summarize(scenario: Scenario, policy_name: str, sim: Simulation) -> dict[str, Any]:
@@ -66,8 +59,8 @@ def summarize(scenario: Scenario, policy_name: str, sim: Simulation) -> dict[str
         "slo_attainment_by_placement": {k: round(v[0] / v[1], 5) for k, v in sorted(by_placement.items())},
         # Jobs submitted in one region that ran in another (capacity-shortage failover).
         "finished_in_another_region": dict(sorted(elsewhere.items())),
-        "latency_p50_s": _round(_percentile(latencies, 0.50)),
-        "latency_p99_s": _round(_percentile(latencies, 0.99)),
+        "latency_p50_s": _round(percentile(latencies, 0.50)),
+        "latency_p99_s": _round(percentile(latencies, 0.99)),
         "jobs_submitted": len(sim.records),
         "jobs_completed": len(completed),
         "jobs_unfinished": queued + running,

@@ -18,9 +18,10 @@ import math
 import zlib
 from dataclasses import replace
 
-from crossfleet.sim.controllers import CrossfleetPolicy, track_target
+from crossfleet.sim.controllers import IDLE_CYCLE_CALLS, CrossfleetPolicy, track_target
 from crossfleet.sim.engine import JobRecord, Pool, Simulation
 from crossfleet.sim.scenario import ServingScenario
+from crossfleet.sim.stats import percentile
 from crossfleet_control import policy, serving
 from crossfleet_control.policy_types import ControllerMemory, Observation, PolicySettings
 from crossfleet_control.serving import ServingObservation, ServingSettings, TargetTelemetry
@@ -40,13 +41,6 @@ def _route(record: JobRecord, gpu_weight: int) -> str:
     if record.job.placement == "gpu_only":
         return "gpu"
     return _gpu_share(record.job.id, gpu_weight)
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 class CrossfleetServing(CrossfleetPolicy):
@@ -81,8 +75,8 @@ class CrossfleetServing(CrossfleetPolicy):
             latencies = [r.finish - r.arrived for r in done if r.finish is not None]
             in_service = pool.telemetry(now).in_service or 0
             requests = self.routed.pop((region, name), 0)
-            out[name] = TargetTelemetry(requests=float(requests), p50_seconds=_percentile(latencies, 0.5),
-                                        p99_seconds=_percentile(latencies, 0.99), healthy_hosts=float(in_service))
+            out[name] = TargetTelemetry(requests=float(requests), p50_seconds=percentile(latencies, 0.5),
+                                        p99_seconds=percentile(latencies, 0.99), healthy_hosts=float(in_service))
         return out
 
     def control(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> None:
@@ -106,7 +100,8 @@ class CrossfleetServing(CrossfleetPolicy):
         for name, pool_decision in sizes.pools.items():
             if pool_decision.desired is not None and pool_decision.desired != pools[name].desired:
                 sim.set_desired(pools[name], pool_decision.desired, now)
-        sim.api_calls += 15 + 2 + int(decision.changed)  # the idle cycle, the rule and metrics reads, a rule change
+        # The idle cycle, the rule and metrics reads, a rule change.
+        sim.api_calls += IDLE_CYCLE_CALLS + 2 + int(decision.changed)
 
 
 class RequestCountTracking:

@@ -8,13 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from crossfleet_control.adapters import AwsError
 from crossfleet_control.policy_types import Override
 from crossfleet_control.serving import ServingOverride, TargetTelemetry
 from crossfleet_control.settings import EndpointSettings
 
-AwsError = (ClientError, BotoCoreError)
 # Per target group: (metric, statistic) in the order TargetTelemetry takes them.
 METRICS = (("RequestCount", "Sum"), ("TargetResponseTime", "p50"), ("TargetResponseTime", "p99"),
            ("HealthyHostCount", "Minimum"))
