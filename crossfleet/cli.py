@@ -219,6 +219,12 @@ def _job(args: argparse.Namespace) -> int:
 OPERATOR_COMMANDS = ("status", "explain", "plan", "freeze", "unfreeze", "pin", "drain")
 
 
+def _endpoint_line(endpoint: dict) -> str:
+    """One endpoint decision (`ServingDecision.summary`) as explain and plan print it."""
+    return (f"endpoint: GPU share {endpoint['previous_gpu_weight']}% -> {endpoint['gpu_weight']}%: "
+            f"{endpoint['reason']}")
+
+
 def _operate(args: argparse.Namespace) -> int:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -248,9 +254,7 @@ def _operate(args: argparse.Namespace) -> int:
                     print(f"  {pool}: {pool_decision['current']} -> {pool_decision['desired']}: "
                           f"{pool_decision['reason']}")
                 if decision.get("endpoint"):
-                    endpoint = decision["endpoint"]
-                    print(f"  endpoint: GPU share {endpoint['previous_gpu_weight']}% -> {endpoint['gpu_weight']}%: "
-                          f"{endpoint['reason']}")
+                    print(f"  {_endpoint_line(decision['endpoint'])}")
                 for pool, health in decision.get("health", {}).items():
                     if health.get("status") != "healthy" or health.get("admit", 1.0) < 1.0:
                         print(f"  {pool} capacity {health['status']}: {health.get('reason', '')}")
@@ -267,9 +271,7 @@ def _operate(args: argparse.Namespace) -> int:
                     print(f"{pool}: {pool_decision['current']} -> {pool_decision['desired']}: "
                           f"{pool_decision['reason']}")
                 if planned.get("endpoint"):
-                    endpoint = planned["endpoint"]
-                    print(f"endpoint: GPU share {endpoint['previous_gpu_weight']}% -> {endpoint['gpu_weight']}%: "
-                          f"{endpoint['reason']}")
+                    print(_endpoint_line(planned["endpoint"]))
                 print("(nothing was changed)")
             return EXIT_OK
         ops.check_pool(view, args.pool, args.command)

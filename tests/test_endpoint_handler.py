@@ -231,6 +231,7 @@ def test_an_operator_pins_the_split_with_the_cli_override_and_drain_is_refused()
 
 
 def test_a_frozen_pool_holds_the_split_and_plan_shows_the_endpoint_without_turning_it():
+    from crossfleet.cli import _endpoint_line
     from crossfleet_control.rebalancer import plan
 
     with mock_aws():
@@ -241,6 +242,9 @@ def test_a_frozen_pool_holds_the_split_and_plan_shows_the_endpoint_without_turni
                                  healthy=2, p50=0.1, p99=0.4)
         planned = plan(endpoint.deps)
         assert planned["endpoint"]["gpu_weight"] == 70 and endpoint.weights() == {"cpu": 50, "gpu": 50}
+        # What `crossfleet plan` prints: the share's next change and why.
+        line = _endpoint_line(planned["endpoint"])
+        assert line.startswith("endpoint: GPU share 50% -> 70%: toward GPUs: Graviton p99 6.00s"), line
         endpoint.deps.state.set_override("gpu", frozen=True, note="driver rollout")
         record = endpoint.minute(rate=2.0, p99={"cpu": 6.0, "gpu": 0.4})
         assert endpoint.weights() == {"cpu": 50, "gpu": 50}

@@ -10,7 +10,7 @@ from typing import Any
 
 from crossfleet_control.adapters import AwsError
 from crossfleet_control.policy_types import Override
-from crossfleet_control.serving import ServingOverride, TargetTelemetry
+from crossfleet_control.serving import ServingOverride, TargetTelemetry, split
 from crossfleet_control.settings import EndpointSettings
 
 # Per target group: (metric, statistic) in the order TargetTelemetry takes them.
@@ -43,7 +43,7 @@ class EndpointClient:
         return round(100 * weights[arns["gpu"]] / total) if total else None
 
     def set_gpu_weight(self, gpu_weight: int) -> bool:
-        weights = {"cpu": 100 - gpu_weight, "gpu": gpu_weight}
+        weights = split(gpu_weight)
         try:
             self.elbv2.modify_rule(RuleArn=self.settings.rule_arn, Actions=[{
                 "Type": "forward", "ForwardConfig": {"TargetGroups": [

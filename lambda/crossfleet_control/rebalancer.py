@@ -225,15 +225,17 @@ def _capacity(deps: Dependencies, telemetry: dict[str, PoolTelemetry], now: floa
 
 
 def _serve(deps: Dependencies, observation: Observation, specs: Mapping[str, PoolSpec],
-           memory: ControllerMemory) -> ServingDecision | None:
-    """The real-time endpoint's split and the instances it needs (None: this region has no endpoint)."""
+           memory: ControllerMemory) -> tuple[Observation, ServingDecision | None]:
+    """The real-time endpoint's split, and the observation with the instances that split needs added to each
+    pool's want (unchanged, with no decision, where this region has no endpoint)."""
     if deps.endpoint is None or deps.settings.endpoint is None:
-        return None
+        return observation, None
     config = deps.settings.endpoint.serving
     telemetry = deps.endpoint.telemetry(observation.now, int(config.period_seconds))
     seen = ServingObservation(gpu_weight=deps.endpoint.gpu_weight(), telemetry=telemetry,
                               health=observation.health, override=serving_override(observation.overrides))
-    return serving.decide(seen, specs, config, memory.serving)
+    endpoint = serving.decide(seen, specs, config, memory.serving)
+    return replace(observation, serving_instances=endpoint.instances), endpoint
 
 
 def plan(deps: Dependencies) -> dict[str, Any]:
@@ -241,9 +243,7 @@ def plan(deps: Dependencies) -> dict[str, Any]:
     memory, overrides = deps.state.load_controls()
     observation = observe(deps, deps.clock(), overrides)
     specs = deps.settings.specs()
-    endpoint = _serve(deps, observation, specs, memory)
-    if endpoint is not None:
-        observation = replace(observation, serving_instances=endpoint.instances)
+    observation, endpoint = _serve(deps, observation, specs, memory)
     decision = policy.decide(observation, specs, deps.settings.policy, memory)
     sampling = policy.plan_sampling(observation, specs, deps.settings.policy)
     planned = {"at": observation.now, "observation": {p: asdict(t) for p, t in observation.pools.items()},
@@ -251,8 +251,7 @@ def plan(deps: Dependencies) -> dict[str, Any]:
                "pools": {p: asdict(d) for p, d in decision.pools.items()},
                "would_sample": [asdict(r) for r in sampling]}
     if endpoint is not None:
-        planned["endpoint"] = {"previous_gpu_weight": endpoint.previous, "gpu_weight": endpoint.gpu_weight,
-                               "reason": endpoint.reason}
+        planned["endpoint"] = endpoint.summary()
     return planned
 
 
@@ -268,9 +267,7 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         return {"status": "held", "reason": f"could not read controls: {error}"}
 
     observation = observe(deps, now, overrides, record_signals=settings.mode == "enforce")
-    endpoint = _serve(deps, observation, specs, memory)
-    if endpoint is not None:
-        observation = replace(observation, serving_instances=endpoint.instances)
+    observation, endpoint = _serve(deps, observation, specs, memory)
     # Sample move candidates only where the policy sees a reason to.
     received: list[ReceivedJob] = []
     malformed: list[MalformedMessage] = []
@@ -304,8 +301,7 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         metrics.add("Errors", 1, Operation="dynamodb.save_memory")
     record = _record(settings, observation, decision, applied, len(malformed))
     if endpoint is not None:
-        record["endpoint"] = {"previous_gpu_weight": endpoint.previous, "gpu_weight": endpoint.gpu_weight,
-                              "reason": endpoint.reason, "instances": dict(endpoint.instances)}
+        record["endpoint"] = endpoint.summary()
         metrics.put("EndpointGpuWeight", endpoint.gpu_weight if endpoint.gpu_weight is not None else -1)
         metrics.add("EndpointWeightChanges", int(endpoint.changed))
     try:

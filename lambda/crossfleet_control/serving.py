@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from crossfleet_control.capacity_health import PoolHealth
 from crossfleet_control.policy_types import PoolSpec, ServingMemory
@@ -86,7 +87,17 @@ class ServingDecision:
 
     @property
     def weights(self) -> dict[str, int] | None:
-        return None if self.gpu_weight is None else {"cpu": 100 - self.gpu_weight, "gpu": self.gpu_weight}
+        return None if self.gpu_weight is None else split(self.gpu_weight)
+
+    def summary(self) -> dict[str, Any]:
+        """The decision as the decision log, `crossfleet explain` and `crossfleet plan` show it."""
+        return {"previous_gpu_weight": self.previous, "gpu_weight": self.gpu_weight, "reason": self.reason,
+                "instances": dict(self.instances)}
+
+
+def split(gpu_weight: int) -> dict[str, int]:
+    """Each target group's weight in the listener rule for a GPU share of `gpu_weight` percent."""
+    return {"cpu": 100 - gpu_weight, "gpu": gpu_weight}
 
 
 def requests_per_second_per_instance(spec: PoolSpec, settings: ServingSettings) -> float:
