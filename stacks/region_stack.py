@@ -17,7 +17,7 @@ from stacks.constructs.intake_router import IntakeRouter
 from stacks.constructs.monitoring import Monitoring, PoolView, global_widgets
 from stacks.constructs.network import Network
 from stacks.constructs.realtime_endpoint import RealtimeEndpoint, model_server_commands
-from stacks.constructs.rebalancer import DEPLOYMENT_TAG, EndpointWiring, PeerNames, PoolGroup, Rebalancer
+from stacks.constructs.rebalancer import DEPLOYMENT_TAG, PeerNames, PoolGroup, Rebalancer
 from stacks.constructs.results_bucket import ResultsBucket
 from stacks.constructs.state_table import StateTable
 from stacks.constructs.work_queues import WorkQueues
@@ -111,9 +111,7 @@ class RegionStack(Stack):
             self, "Rebalancer", config=config.rebalancer, deployment=deployment, region=name,
             queues=self.queues, state=self.state, groups=pool_groups, peers=peers,
             max_receive_count=config.queues.max_receive_count,
-            endpoint=EndpointWiring(self.endpoint.rule, self.endpoint.load_balancer, self.endpoint.target_groups,
-                                    realtime.latency_slo_p99_ms / 1000, realtime.max_weight_step)
-            if self.endpoint is not None else None)
+            endpoint=self.endpoint)
         self.capacity_events = CapacityEvents(
             self, "CapacityEvents", deployment=deployment, region=name, state=self.state, groups=group_names,
             capacity_block_id=accelerators.capacity_block_id,

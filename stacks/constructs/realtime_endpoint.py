@@ -24,6 +24,7 @@ RULE_PRIORITY = 10
 
 
 class RealtimeEndpoint(Construct):
+    config: RealtimeConfig
     load_balancer: elbv2.ApplicationLoadBalancer
     listener: elbv2.ApplicationListener
     rule: elbv2.ApplicationListenerRule
@@ -36,6 +37,7 @@ class RealtimeEndpoint(Construct):
                  servers: Mapping[str, ModelServerConfig], retain_on_delete: bool,
                  server_access_logs: s3.IBucket, vpc_cidr: str) -> None:
         super().__init__(scope, id_)
+        self.config = config
         # ALB access logs are delivered only to SSE-S3 buckets (not KMS).
         self.access_logs = s3.Bucket(
             self, "AccessLogs", encryption=s3.BucketEncryption.S3_MANAGED, enforce_ssl=True,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aws_cdk import Arn, ArnComponents, ArnFormat, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -18,6 +16,7 @@ from constructs import Construct
 from crossfleet.config.model import RebalancerConfig
 from crossfleet.config.offerings import offerings
 from stacks.constructs.controller_function import controller_function
+from stacks.constructs.realtime_endpoint import RealtimeEndpoint
 from stacks.constructs.state_table import StateTable
 from stacks.constructs.work_queues import WorkQueues
 
@@ -46,17 +45,6 @@ class PeerNames:
     table_name: str
 
 
-@dataclass(frozen=True)
-class EndpointWiring:
-    """What the rebalancer needs of the real-time endpoint: the rule it turns and the metrics it reads."""
-
-    rule: elbv2.ApplicationListenerRule
-    load_balancer: elbv2.ApplicationLoadBalancer
-    target_groups: Mapping[str, elbv2.ApplicationTargetGroup]
-    latency_slo_p99_seconds: float
-    max_weight_step: int
-
-
 class Rebalancer(Construct):
     function: lambda_.Function
     schedule: events.Rule
@@ -65,7 +53,7 @@ class Rebalancer(Construct):
     def __init__(self, scope: Construct, id_: str, *, config: RebalancerConfig, deployment: str, region: str,
                  queues: WorkQueues, state: StateTable, groups: dict[str, PoolGroup],
                  peers: tuple[PeerNames, ...] = (), max_receive_count: int = 5,
-                 endpoint: EndpointWiring | None = None) -> None:
+                 endpoint: RealtimeEndpoint | None = None) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
         schedule_seconds = config.schedule_minutes * 60
@@ -98,8 +86,8 @@ class Rebalancer(Construct):
                 "load_balancer_full_name": endpoint.load_balancer.load_balancer_full_name,
                 "target_groups": {pool: {"arn": tg.target_group_arn, "full_name": tg.target_group_full_name}
                                   for pool, tg in endpoint.target_groups.items()},
-                "serving": {"latency_slo_p99_seconds": endpoint.latency_slo_p99_seconds,
-                            "max_weight_step": endpoint.max_weight_step, "period_seconds": schedule_seconds},
+                "serving": {"latency_slo_p99_seconds": endpoint.config.latency_slo_p99_ms / 1000,
+                            "max_weight_step": endpoint.config.max_weight_step, "period_seconds": schedule_seconds},
             }
 
         controller = controller_function(
