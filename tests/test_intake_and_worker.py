@@ -8,7 +8,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from botocore.exceptions import ClientError
@@ -61,12 +61,18 @@ def ledger_of(region: Region) -> Ledger:
     return Ledger(region.client("dynamodb"), region.settings.table_name)
 
 
-def router_for(region: Region, *, health: dict[str, PoolHealth] | None = None) -> Router:
+def router_for(region: Region, *, health: dict[str, PoolHealth] | None = None,
+               view: Callable[[RouterSettings], RoutingView] | None = None,
+               peers: dict[str, str] | None = None) -> Router:
+    """The intake router as deployed in `region`: a fixed pool health, or a live `view` of the region's state
+    (with `peers`, the other regions' GPU queues it may fail over to)."""
     settings = RouterSettings(deployment=DEPLOYMENT, region=region.name, table_name=region.settings.table_name,
                               queue_urls={p: s.queue_url for p, s in region.settings.pools.items()},
-                              rejects_url=region.rejects_url)
+                              rejects_url=region.rejects_url, peer_gpu_queue_urls=peers or {},
+                              pool_instance_types={p: list(s.instance_types)
+                                                   for p, s in region.settings.pools.items()})
     return Router(settings=settings, sqs=region.client("sqs"), ledger=ledger_of(region),
-                  health=lambda: RoutingView(health or {}),
+                  health=(lambda: view(settings)) if view is not None else lambda: RoutingView(health or {}),
                   metrics=MetricsRecorder(DEPLOYMENT, region.name, stream=io.StringIO()),
                   sqs_for_region=lambda r: region.session.client("sqs", region_name=r))
 

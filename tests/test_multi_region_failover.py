@@ -23,15 +23,14 @@ from crossfleet_control.adapters import ControllerState
 from crossfleet_control.capacity_events import LAUNCH_SUCCESSFUL, CapacityEvents, EventSettings
 from crossfleet_control.capacity_health import PROBING, SHORT, STATUS_RANK
 from crossfleet_control.health_store import HealthStore
-from crossfleet_control.ledger import Ledger
 from crossfleet_control.metrics import MetricsRecorder
 from crossfleet_control.rebalancer import run_cycle
-from crossfleet_control.router import Router, RouterSettings, routing_view
+from crossfleet_control.router import Router, routing_view
 from crossfleet_control.settings import PeerRegion
 from tests.aws_region import DEPLOYMENT, Region, build_region
 from tests.jobfactory import job_message
 from tests.test_capacity_health import ICE, launch_event
-from tests.test_intake_and_worker import RecordingRunner, agent_for, drain_intake
+from tests.test_intake_and_worker import RecordingRunner, agent_for, drain_intake, router_for
 
 CONFIGURED = ("us-east-1", "us-west-2")
 SHORTAGE_MINUTES = range(2, 8)
@@ -91,19 +90,12 @@ class World:
                                      "StartTime": datetime.fromtimestamp(self.now, tz=UTC)}]
 
     def _router(self, region: Region, other: Region) -> Router:
-        settings = RouterSettings(
-            deployment=DEPLOYMENT, region=region.name, table_name=region.settings.table_name,
-            queue_urls={p: s.queue_url for p, s in region.settings.pools.items()}, rejects_url=region.rejects_url,
-            peer_gpu_queue_urls={other.name: other.settings.pools["gpu"].queue_url},
-            pool_instance_types={p: list(s.instance_types) for p, s in region.settings.pools.items()})
         dynamodb = region.client("dynamodb")
         state = ControllerState(dynamodb, region.settings.table_name, region.name)
         store = HealthStore(dynamodb, region.settings.table_name, region.name)
-        return Router(settings=settings, sqs=region.client("sqs"), ledger=Ledger(dynamodb, settings.table_name),
-                      health=lambda: routing_view(state, store, settings.pool_instance_types, CONFIGURED, self.now,
-                                                  300.0),
-                      metrics=MetricsRecorder(DEPLOYMENT, region.name, stream=io.StringIO()),
-                      sqs_for_region=lambda r: region.session.client("sqs", region_name=r))
+        return router_for(region, peers={other.name: other.settings.pools["gpu"].queue_url},
+                          view=lambda settings: routing_view(state, store, settings.pool_instance_types, CONFIGURED,
+                                                             self.now, 300.0))
 
     def submit(self, bodies: list[dict[str, Any]]) -> None:
         sqs = self.east.client("sqs")
