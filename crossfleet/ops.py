@@ -13,6 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from crossfleet_control.adapters import ControllerState
+from crossfleet_control.serving import split
 
 
 class DeploymentMissing(LookupError):
@@ -98,8 +99,7 @@ def _traffic(endpoint: dict[str, Any] | None, pool: str) -> str:
     """The pool's share of the real-time endpoint's requests, as last set ("" without an endpoint)."""
     if not endpoint or endpoint.get("gpu_weight") is None:
         return ""
-    gpu = int(endpoint["gpu_weight"])
-    return f"{gpu if pool == 'gpu' else 100 - gpu}%"
+    return f"{split(int(endpoint['gpu_weight']))[pool]}%"
 
 
 def _capacity(health: dict[str, Any] | None) -> str:
