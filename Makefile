@@ -35,6 +35,7 @@ synth: setup
 
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 # Deploy every stack into moto's server on loopback and drive jobs through it (also part of `make test`).
@@ -43,6 +44,7 @@ e2e: setup
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # The shipped scenarios read the Azure code trace from ../shared/traces (see README: Data).
 SCENARIOS := steady burst gpu-shortage spot-wave price-change realtime

@@ -187,7 +187,7 @@ def _job(args: argparse.Namespace) -> int:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from crossfleet_control.ledger import Ledger
+    from crossfleet_control.aws.ledger import Ledger
 
     session = boto3.session.Session(region_name=args.region)
     try:

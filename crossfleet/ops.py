@@ -12,8 +12,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from crossfleet_control.adapters import ControllerState
-from crossfleet_control.serving import split
+from crossfleet_control.aws.controller_state import ControllerState
+from crossfleet_control.core.serving import split
 
 
 class DeploymentMissing(LookupError):
@@ -38,7 +38,7 @@ class RegionView:
     @cached_property
     def settings(self) -> Any:
         """The rebalancer's settings as deployed (read once from its Lambda's environment)."""
-        from crossfleet_control.settings import Settings
+        from crossfleet_control.core.settings import Settings
 
         configuration = self.client("lambda").get_function_configuration(
             FunctionName=self.outputs["RebalancerFunctionName"])
@@ -111,8 +111,8 @@ def _capacity(health: dict[str, Any] | None) -> str:
 
 
 def plan(view: RegionView) -> dict[str, Any]:
-    from crossfleet_control.rebalancer import build_dependencies
-    from crossfleet_control.rebalancer import plan as plan_cycle
+    from crossfleet_control.handlers.rebalancer import build_dependencies
+    from crossfleet_control.orchestration.rebalance_cycle import plan as plan_cycle
 
     return plan_cycle(build_dependencies(view.settings, session=_EndpointSession(view)))
 

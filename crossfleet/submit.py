@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crossfleet_control.jobs import SCHEMA_VERSION, JobRejected, parse_job
+from crossfleet_control.core.jobs import SCHEMA_VERSION, JobRejected, parse_job
 
 
 @dataclass

@@ -9,7 +9,7 @@ from constructs import Construct
 
 from crossfleet.config.model import AppConfig, RegionConfig
 from crossfleet.config.offerings import offerings
-from crossfleet_control.service_model import profile_for
+from crossfleet_control.core.service_model import profile_for
 from stacks.constructs.accelerator_cluster import AcceleratorCluster
 from stacks.constructs.capacity_events import CapacityEvents
 from stacks.constructs.graviton_fleet import GravitonFleet

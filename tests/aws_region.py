@@ -13,10 +13,11 @@ from moto.sqs.models import sqs_backends
 
 from crossfleet.config import parse_config
 from crossfleet.config.offerings import offerings
-from crossfleet_control.policy_types import PolicySettings
-from crossfleet_control.rebalancer import Dependencies, build_dependencies
-from crossfleet_control.settings import PoolSettings, Settings
-from crossfleet_control.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
+from crossfleet_control.core.policy_types import PolicySettings
+from crossfleet_control.core.settings import PoolSettings, Settings
+from crossfleet_control.core.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
+from crossfleet_control.handlers.rebalancer import build_dependencies
+from crossfleet_control.orchestration.dependencies import Dependencies
 
 DEPLOYMENT = "crossfleet-test"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from crossfleet_control.jobs import Job, parse_job
+from crossfleet_control.core.jobs import Job, parse_job
 
 _ids = itertools.count()
 

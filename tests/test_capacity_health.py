@@ -9,18 +9,10 @@ from datetime import UTC, datetime
 import pytest
 from moto import mock_aws
 
-from crossfleet_control import policy
-from crossfleet_control.capacity_events import (
-    LAUNCH_SUCCESSFUL,
-    LAUNCH_UNSUCCESSFUL,
-    REBALANCE,
-    SPOT_WARNING,
-    CapacityEvents,
-    EventSettings,
-    InstanceFacts,
-    interpret,
-)
-from crossfleet_control.capacity_health import (
+from crossfleet_control.aws.health_store import HealthStore
+from crossfleet_control.aws.metrics import MetricsRecorder
+from crossfleet_control.core import policy
+from crossfleet_control.core.capacity_health import (
     CLOSED,
     DEGRADED,
     HALF_OPEN,
@@ -41,10 +33,18 @@ from crossfleet_control.capacity_health import (
     failover_target,
     pool_health,
 )
-from crossfleet_control.health_store import HealthStore
-from crossfleet_control.metrics import MetricsRecorder
-from crossfleet_control.policy_types import Observation, PolicySettings, PoolTelemetry, QueuedJob
-from crossfleet_control.settings import pool_spec
+from crossfleet_control.core.capacity_signals import (
+    LAUNCH_SUCCESSFUL,
+    LAUNCH_UNSUCCESSFUL,
+    REBALANCE,
+    SPOT_WARNING,
+    EventSettings,
+    InstanceFacts,
+    interpret,
+)
+from crossfleet_control.core.policy_types import Observation, PolicySettings, PoolTelemetry, QueuedJob
+from crossfleet_control.core.settings import pool_spec
+from crossfleet_control.orchestration.capacity_events import CapacityEvents
 from tests.aws_region import build_region
 from tests.jobfactory import make_job
 

@@ -26,10 +26,11 @@ from moto.server import ThreadedMotoServer
 from crossfleet import emulator
 from crossfleet.cli import main as cli_main
 from crossfleet.config import parse_config
-from crossfleet_control.ledger import Ledger
-from crossfleet_control.rebalancer import build_dependencies, run_cycle
-from crossfleet_control.router import RouterSettings, build_router
-from crossfleet_control.settings import Settings
+from crossfleet_control.aws.ledger import Ledger
+from crossfleet_control.core.settings import RouterSettings, Settings
+from crossfleet_control.handlers.rebalancer import build_dependencies
+from crossfleet_control.handlers.router import build_router
+from crossfleet_control.orchestration.rebalance_cycle import run_cycle
 from crossfleet_worker.agent import Agent, WorkerSettings
 from stacks.app_builder import build_app
 
@@ -143,7 +144,7 @@ def test_deployed_resources_have_the_properties_crossfleet_depends_on(deployed: 
         assert len(redriven) == 3, "cpu, gpu and intake queues each have a DLQ"
         functions = {f["Handler"]: f for f in deployed.client("lambda", region).list_functions()["Functions"]}
         template = deployed.templates[f"crossfleet-dev-{region}"]["Resources"]
-        for handler in ("crossfleet_control.rebalancer.handler", "crossfleet_control.router.handler"):
+        for handler in ("crossfleet_control.handlers.rebalancer.handler", "crossfleet_control.handlers.router.handler"):
             assert functions[handler]["Runtime"] == "python3.13"
             # moto's CloudFormation drops Architectures (it reports x86_64): the template is the evidence.
             (declared,) = [r["Properties"] for r in template.values()
@@ -214,7 +215,7 @@ def test_jobs_flow_through_the_deployed_system(deployed: Deployed, tmp_path: Pat
 
     # The router, with the settings the deployed Lambda has, fed the way its SQS event source feeds it.
     router = build_router(RouterSettings.from_json(
-        _function_env(deployed, "crossfleet_control.router.handler", "CROSSFLEET_ROUTER_SETTINGS")))
+        _function_env(deployed, "crossfleet_control.handlers.router.handler", "CROSSFLEET_ROUTER_SETTINGS")))
     sqs = deployed.client("sqs")
     while messages := sqs.receive_message(QueueUrl=outputs["IntakeQueueUrl"],
                                           MaxNumberOfMessages=10).get("Messages", []):
@@ -224,7 +225,7 @@ def test_jobs_flow_through_the_deployed_system(deployed: Deployed, tmp_path: Pat
             sqs.delete_message(QueueUrl=outputs["IntakeQueueUrl"], ReceiptHandle=message["ReceiptHandle"])
 
     # The rebalancer on a simulated clock, with the deployed settings.
-    settings = Settings.from_json(_function_env(deployed, "crossfleet_control.rebalancer.handler",
+    settings = Settings.from_json(_function_env(deployed, "crossfleet_control.handlers.rebalancer.handler",
                                                 "CROSSFLEET_SETTINGS"))
     deps = build_dependencies(settings)
     clock = [time.time()]
@@ -306,7 +307,7 @@ def test_plan_changes_nothing_and_explain_shows_reasons(deployed: Deployed, caps
 
 
 def test_freeze_pin_and_drain_are_honoured_by_the_next_cycle(deployed: Deployed, capsys):
-    settings = Settings.from_json(_function_env(deployed, "crossfleet_control.rebalancer.handler",
+    settings = Settings.from_json(_function_env(deployed, "crossfleet_control.handlers.rebalancer.handler",
                                                 "CROSSFLEET_SETTINGS"))
     deps = build_dependencies(settings)
     deps.clock = deps.state.clock = lambda: time.time() + 3600  # after the flow test's simulated hour

@@ -17,11 +17,11 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from crossfleet_control.capacity_health import Offering, Signal
-from crossfleet_control.health_store import HealthStore
-from crossfleet_control.rebalancer import run_cycle
-from crossfleet_control.serving import ServingSettings
-from crossfleet_control.settings import EndpointSettings, EndpointTargets
+from crossfleet_control.aws.health_store import HealthStore
+from crossfleet_control.core.capacity_health import Offering, Signal
+from crossfleet_control.core.serving import ServingSettings
+from crossfleet_control.core.settings import EndpointSettings, EndpointTargets
+from crossfleet_control.orchestration.rebalance_cycle import run_cycle
 from tests.aws_region import Region, build_region
 
 PERCENTILES = ("p50", "p99")
@@ -232,7 +232,7 @@ def test_an_operator_pins_the_split_with_the_cli_override_and_drain_is_refused()
 
 def test_a_frozen_pool_holds_the_split_and_plan_shows_the_endpoint_without_turning_it():
     from crossfleet.cli import _endpoint_line
-    from crossfleet_control.rebalancer import plan
+    from crossfleet_control.orchestration.rebalance_cycle import plan
 
     with mock_aws():
         endpoint = Endpoint(gpu_weight=50)

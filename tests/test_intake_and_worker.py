@@ -16,17 +16,12 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from crossfleet.cli import main as cli_main
-from crossfleet_control.jobs import Job
-from crossfleet_control.ledger import TERMINAL, Ledger
-from crossfleet_control.metrics import MetricsRecorder
-from crossfleet_control.router import (
-    PoolHealth,
-    Router,
-    RouterSettings,
-    RoutingView,
-    choose_pool,
-    health_from_decision,
-)
+from crossfleet_control.aws.ledger import TERMINAL, Ledger
+from crossfleet_control.aws.metrics import MetricsRecorder
+from crossfleet_control.core.jobs import Job
+from crossfleet_control.core.placement import PoolHealth, choose_pool, health_from_decision
+from crossfleet_control.core.settings import RouterSettings
+from crossfleet_control.orchestration.intake_routing import Router, RoutingView
 from crossfleet_worker.agent import Agent, WorkerSettings
 from crossfleet_worker.runners import CommandRunner, JobFailed
 from tests.aws_region import DEPLOYMENT, Region, build_region

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from crossfleet_control.jobs import MAX_INLINE_PAYLOAD_BYTES, JobRejected, parse_job
+from crossfleet_control.core.jobs import MAX_INLINE_PAYLOAD_BYTES, JobRejected, parse_job
 from tests.jobfactory import job_message
 
 

@@ -19,14 +19,15 @@ from urllib.parse import urlparse
 
 from moto import mock_aws
 
-from crossfleet_control.adapters import ControllerState
-from crossfleet_control.capacity_events import LAUNCH_SUCCESSFUL, CapacityEvents, EventSettings
-from crossfleet_control.capacity_health import PROBING, SHORT, STATUS_RANK
-from crossfleet_control.health_store import HealthStore
-from crossfleet_control.metrics import MetricsRecorder
-from crossfleet_control.rebalancer import run_cycle
-from crossfleet_control.router import Router, routing_view
-from crossfleet_control.settings import PeerRegion
+from crossfleet_control.aws.controller_state import ControllerState
+from crossfleet_control.aws.health_store import HealthStore
+from crossfleet_control.aws.metrics import MetricsRecorder
+from crossfleet_control.core.capacity_health import PROBING, SHORT, STATUS_RANK
+from crossfleet_control.core.capacity_signals import LAUNCH_SUCCESSFUL, EventSettings
+from crossfleet_control.core.settings import PeerRegion
+from crossfleet_control.orchestration.capacity_events import CapacityEvents
+from crossfleet_control.orchestration.intake_routing import Router, routing_view
+from crossfleet_control.orchestration.rebalance_cycle import run_cycle
 from tests.aws_region import DEPLOYMENT, Region, build_region
 from tests.jobfactory import job_message
 from tests.test_capacity_health import ICE, launch_event

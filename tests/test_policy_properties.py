@@ -8,8 +8,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossfleet_control import policy
-from crossfleet_control.policy_types import (
+from crossfleet_control.core import policy
+from crossfleet_control.core.policy_types import (
     ControllerMemory,
     Observation,
     Override,
@@ -19,8 +19,8 @@ from crossfleet_control.policy_types import (
     PoolTelemetry,
     QueuedJob,
 )
-from crossfleet_control.service_model import profile_for
-from crossfleet_control.settings import REFERENCE_JOB
+from crossfleet_control.core.service_model import profile_for
+from crossfleet_control.core.settings import REFERENCE_JOB
 from tests.jobfactory import make_job
 
 NOW = 1_700_000_000.0

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 from moto import mock_aws
 
-from crossfleet_control.adapters import ControllerState, LeaseLost
-from crossfleet_control.policy_types import ControllerMemory
-from crossfleet_control.rebalancer import api_call_bound, run_cycle
+from crossfleet_control.aws.controller_state import ControllerState, LeaseLost
+from crossfleet_control.core.policy_types import ControllerMemory
+from crossfleet_control.orchestration.rebalance_cycle import run_cycle
+from crossfleet_control.orchestration.record import api_call_bound
 from tests.aws_region import Region, build_region
 from tests.fakes import FakeSqs, FaultyClient, capture_metrics, count_calls, metric_total, throttled
 from tests.jobfactory import job_message

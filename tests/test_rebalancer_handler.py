@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 from moto import mock_aws
 
-from crossfleet_control import policy
-from crossfleet_control.adapters import ControllerState
-from crossfleet_control.rebalancer import handler, run_cycle
+from crossfleet_control.aws.controller_state import ControllerState
+from crossfleet_control.core import policy
+from crossfleet_control.handlers.rebalancer import handler
+from crossfleet_control.orchestration.rebalance_cycle import run_cycle
 from tests.aws_region import Region, build_region
 from tests.jobfactory import job_message
 
@@ -135,7 +136,7 @@ def test_malformed_messages_go_to_the_dead_letter_queue_with_a_reason(region: Re
 
 
 def test_lambda_entry_point_reads_settings_from_the_environment(region: Region, monkeypatch):
-    from crossfleet_control import rebalancer
+    from crossfleet_control.handlers import rebalancer
 
     settings = region.settings
     payload = {**settings.__dict__, "pools": {p: s.__dict__ for p, s in settings.pools.items()},
@@ -160,7 +161,7 @@ def test_desired_is_clamped_in_code_even_when_moto_would_accept_anything(monkeyp
     """moto accepts desired > max; the handler clamps whatever the policy returns (failure case 5)."""
     from dataclasses import replace
 
-    from crossfleet_control import rebalancer
+    from crossfleet_control.orchestration import rebalance_cycle as rebalancer
 
     real_decide = policy.decide
 

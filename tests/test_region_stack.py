@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
-from crossfleet.config.model import ACCELERATOR_AMI_PARAMETERS, AL2023_ARM64_AMI_PARAMETER
+from crossfleet.config.fleets import ACCELERATOR_AMI_PARAMETERS, AL2023_ARM64_AMI_PARAMETER
 from crossfleet.config.offerings import offerings
 from tests.cdk_helpers import SynthesizedApp, asg_for_pool, launch_template_of, resources_of_type, tag_value
 
@@ -212,7 +212,7 @@ def test_stateful_resources_keep_their_logical_ids(default_app: SynthesizedApp):
 def test_rebalancer_is_an_arm64_python_lambda_on_a_schedule(default_app: SynthesizedApp, region: str):
     template = default_app.template_json(region)
     functions = {k: v for k, v in resources_of_type(template, "AWS::Lambda::Function").items()
-                 if v["Properties"].get("Handler") == "crossfleet_control.rebalancer.handler"}
+                 if v["Properties"].get("Handler") == "crossfleet_control.handlers.rebalancer.handler"}
     assert len(functions) == 1
     (function_id, function), = functions.items()
     props = function["Properties"]

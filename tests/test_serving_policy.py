@@ -9,8 +9,8 @@ from itertools import pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossfleet_control.capacity_health import PROBING, SHORT, PoolHealth
-from crossfleet_control.serving import (
+from crossfleet_control.core.capacity_health import PROBING, SHORT, PoolHealth
+from crossfleet_control.core.serving import (
     ServingMemory,
     ServingObservation,
     ServingOverride,
@@ -20,7 +20,7 @@ from crossfleet_control.serving import (
     decide,
     requests_per_second_per_instance,
 )
-from crossfleet_control.settings import pool_spec
+from crossfleet_control.core.settings import pool_spec
 
 SPECS = {"cpu": pool_spec("cpu", "m9g.16xlarge", vcpus=64, accelerators=0, min_size=1, max_size=40),
          "gpu": pool_spec("gpu", "g6e.xlarge", vcpus=4, accelerators=1, min_size=0, max_size=40)}

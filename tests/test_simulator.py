@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import crossfleet_control.policy as lambda_policy
-import crossfleet_control.rebalancer as lambda_handler
+import crossfleet_control.core.policy as lambda_policy
+import crossfleet_control.orchestration.rebalance_cycle as lambda_handler
 from crossfleet.cli import main as cli_main
 from crossfleet.sim import controllers
 from crossfleet.sim.bound import deadline_bound_cost, lower_bound_cost
@@ -201,7 +201,7 @@ def serving_scenario(events: list[dict]) -> dict:
 
 def test_serving_mode_runs_the_lambdas_serving_module_and_loses_no_request():
     import crossfleet.sim.serving_controllers as serving_sim
-    import crossfleet_control.serving as lambda_serving
+    import crossfleet_control.core.serving as lambda_serving
 
     assert serving_sim.serving is lambda_serving
     report = bench(parse_scenario(serving_scenario([])))

@@ -73,7 +73,8 @@ def test_router_consumes_the_intake_queue_with_partial_batch_failures(default_ap
     source = mapping["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]
     assert template["Resources"][source]["Properties"]["QueueName"] == "crossfleet-dev-us-east-1-intake"
     function = template["Resources"][mapping["Properties"]["FunctionName"]["Ref"]]["Properties"]
-    assert function["Handler"] == "crossfleet_control.router.handler" and function["Architectures"] == ["arm64"]
+    assert function["Handler"] == "crossfleet_control.handlers.router.handler"
+    assert function["Architectures"] == ["arm64"]
 
 
 def test_instances_may_complete_only_their_own_groups_lifecycle_action(default_app: SynthesizedApp):
@@ -105,4 +106,4 @@ def test_worker_asset_holds_the_agent_and_the_shared_package_only(default_app: S
     top = sorted(p.name for p in staged[0].iterdir())
     assert top == ["lambda", "worker"]
     assert (staged[0] / "worker" / "crossfleet_worker" / "agent.py").exists()
-    assert (staged[0] / "lambda" / "crossfleet_control" / "ledger.py").exists()
+    assert (staged[0] / "lambda" / "crossfleet_control" / "aws" / "ledger.py").exists()

@@ -1,6 +1,6 @@
 """Generate docs/configuration.md from the config model: every key, its default, what it means.
 
-Run `python tools/config_reference.py` after changing crossfleet/config/model.py; a test fails while the
+Run `python tools/config_reference.py` after changing a section of crossfleet/config/; a test fails while the
 committed reference is out of date.
 """
 
@@ -14,12 +14,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "lambda")]
 
-from crossfleet.config.model import FIELD_HELP, parse_config  # noqa: E402
+from crossfleet.config.field_help import FIELD_HELP  # noqa: E402
+from crossfleet.config.model import parse_config  # noqa: E402
 
 OUT = ROOT / "docs" / "configuration.md"
 HEADER = """# Configuration reference
 
-Generated from `crossfleet/config/model.py` by `tools/config_reference.py`; do not edit by hand.
+Generated from `crossfleet/config/` (each section's defaults; meanings from `field_help.py`) by
+`tools/config_reference.py`; do not edit by hand.
 
 Configuration is the `crossfleet` block of `cdk.json`, or a whole JSON file given with `cdk synth -c
 config=path.json`. Every key is optional; the defaults below synthesize. An entry of `regions` is a region name or

@@ -23,7 +23,7 @@ from scipy.sparse import coo_matrix
 from crossfleet.config.offerings import offerings
 from crossfleet.sim.scenario import Scenario
 from crossfleet.sim.workload import Arrival
-from crossfleet_control.settings import pool_spec
+from crossfleet_control.core.settings import pool_spec
 
 POOLS = ("cpu", "gpu")
 

@@ -8,8 +8,8 @@ import zlib
 from collections.abc import Callable
 
 from crossfleet.sim.engine import JobRecord, Pool, Simulation
-from crossfleet_control import policy
-from crossfleet_control.capacity_health import (
+from crossfleet_control.core import policy
+from crossfleet_control.core.capacity_health import (
     Breaker,
     Offering,
     RegionSummary,
@@ -18,9 +18,9 @@ from crossfleet_control.capacity_health import (
     failover_target,
     pool_health,
 )
-from crossfleet_control.capacity_health import PoolHealth as CapacityHealth
-from crossfleet_control.policy_types import ControllerMemory, Observation, PolicySettings, QueuedJob
-from crossfleet_control.router import PoolHealth, place
+from crossfleet_control.core.capacity_health import PoolHealth as CapacityHealth
+from crossfleet_control.core.placement import PoolHealth, place
+from crossfleet_control.core.policy_types import ControllerMemory, Observation, PolicySettings, QueuedJob
 
 # What the Lambda's cycle costs in AWS calls, as measured in tests/test_rebalancer_faults.py: an idle cycle
 # makes 15 in one region (one more per other configured region); each 10 sampled messages add a receive, and
@@ -29,12 +29,12 @@ IDLE_CYCLE_CALLS = 15
 
 
 class CrossfleetPolicy:
-    """The rebalancer: the very functions the Lambda calls (`crossfleet_control.policy`), on the same period.
+    """The rebalancer: the very functions the Lambda calls (`crossfleet_control.core.policy`), on the same period.
 
     Capacity health works as deployed: each failed launch the engine reports is an insufficient-capacity signal
     and each launch a success, applied to the same breakers (`capacity_health`); each region publishes its GPU
     summary at its control step and the others read the last one published. New work is placed by the router's
-    own rules (`crossfleet_control.router`), including the failover of GPU-only work.
+    own rules (`crossfleet_control.core.placement`), including the failover of GPU-only work.
     """
 
     name = "crossfleet"

@@ -21,10 +21,10 @@ from typing import Protocol
 from crossfleet.config.offerings import offerings
 from crossfleet.sim.scenario import Event, PoolScenario, Scenario
 from crossfleet.sim.workload import Arrival
-from crossfleet_control.jobs import Job
-from crossfleet_control.policy_types import PoolSpec, PoolTelemetry
-from crossfleet_control.service_model import InstanceProfile
-from crossfleet_control.settings import pool_spec
+from crossfleet_control.core.jobs import Job
+from crossfleet_control.core.policy_types import PoolSpec, PoolTelemetry
+from crossfleet_control.core.service_model import InstanceProfile
+from crossfleet_control.core.settings import pool_spec
 
 LAUNCH_FAILURE_WINDOW = 900.0  # seconds of failed launches the controller is shown, as the Lambda reads them
 

@@ -13,7 +13,7 @@ from crossfleet.sim.scenario import Scenario
 from crossfleet.sim.serving_controllers import SERVING_POLICIES, make_serving_controller
 from crossfleet.sim.stats import percentile
 from crossfleet.sim.workload import Arrival, build_workload
-from crossfleet_control.policy_types import PolicySettings
+from crossfleet_control.core.policy_types import PolicySettings
 
 ENERGY_NOTE = ("estimate: instance-hours x per-instance power from data/instance_profiles.json (board powers "
                "cited where available, the rest labelled estimates); not a measurement")

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from crossfleet.config import parsing as p
+from crossfleet.config.control import RebalancerConfig, parse_rebalancer
 from crossfleet.config.errors import ConfigError
-from crossfleet.config.model import US_REGIONS, RebalancerConfig, parse_rebalancer
+from crossfleet.config.model import US_REGIONS
 from crossfleet.config.offerings import offerings
-from crossfleet_control.jobs import JOB_CLASSES, PLACEMENTS
+from crossfleet_control.core.jobs import JOB_CLASSES, PLACEMENTS
 
 POOLS = ("cpu", "gpu")
 EVENT_TYPES = ("capacity", "spot_interruption", "price")

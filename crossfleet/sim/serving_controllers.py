@@ -5,8 +5,9 @@ model's time, as for queued jobs. Three controllers:
 
 - `serving-crossfleet`: the Lambda's own modules. Each period it builds what CloudWatch would report per target
   group (requests, p50/p99 of the period's requests, healthy hosts = instances in service), runs
-  `crossfleet_control.serving.decide` for the split and `crossfleet_control.policy.decide` for the sizes (with the
-  endpoint's instances as the want, as the deployed rebalancer does), with capacity health from the same breakers.
+  `crossfleet_control.core.serving.decide` for the split and `crossfleet_control.core.policy.decide` for the
+  sizes (with the endpoint's instances as the want, as the deployed rebalancer does), with capacity health from
+  the same breakers.
 - `serving-gpu-only`: every request to the GPUs, which scale by target tracking on ALBRequestCountPerTarget.
 - `serving-target-tracking`: the configured starting split, fixed; each pool scales by target tracking on
   ALBRequestCountPerTarget.
@@ -22,9 +23,9 @@ from crossfleet.sim.controllers import IDLE_CYCLE_CALLS, CrossfleetPolicy, track
 from crossfleet.sim.engine import JobRecord, Pool, Simulation
 from crossfleet.sim.scenario import ServingScenario
 from crossfleet.sim.stats import percentile
-from crossfleet_control import policy, serving
-from crossfleet_control.policy_types import ControllerMemory, Observation, PolicySettings
-from crossfleet_control.serving import ServingObservation, ServingSettings, TargetTelemetry
+from crossfleet_control.core import policy, serving
+from crossfleet_control.core.policy_types import ControllerMemory, Observation, PolicySettings
+from crossfleet_control.core.serving import ServingObservation, ServingSettings, TargetTelemetry
 
 SERVING_POLICIES = ("serving-crossfleet", "serving-gpu-only", "serving-target-tracking")
 TARGET_UTILIZATION = 0.7  # of a target's request capacity, for every controller alike

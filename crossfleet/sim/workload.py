@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from crossfleet.sim.scenario import Scenario, SyntheticStream, TraceWorkload
-from crossfleet_control.jobs import Job
+from crossfleet_control.core.jobs import Job
 
 
 @dataclass(frozen=True)

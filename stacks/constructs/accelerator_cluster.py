@@ -7,7 +7,7 @@ from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
-from crossfleet.config.model import AcceleratorClusterConfig
+from crossfleet.config.fleets import AcceleratorClusterConfig
 from stacks.constructs.pool_instances import (
     PoolInstances,
     pool_instances,

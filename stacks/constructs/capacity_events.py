@@ -12,7 +12,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from crossfleet_control.capacity_events import (
+from crossfleet_control.core.capacity_signals import (
     BLOCK_ENDING,
     LAUNCH_SUCCESSFUL,
     LAUNCH_UNSUCCESSFUL,
@@ -39,7 +39,7 @@ class CapacityEvents(Construct):
                     "groups": groups, "capacity_block_id": capacity_block_id, "block_pool": "gpu",
                     "block_instance_type": block_instance_type}
         controller = controller_function(
-            self, handler="crossfleet_control.capacity_events.handler",
+            self, handler="crossfleet_control.handlers.capacity_events.handler",
             description=f"crossfleet capacity events for {deployment} in {region}: breakers per offering",
             environment={"CROSSFLEET_EVENT_SETTINGS": stack.to_json_string(settings)}, timeout_seconds=30)
         self.function, self.log_group, role = controller.function, controller.log_group, controller.role

@@ -32,7 +32,7 @@ class IntakeRouter(Construct):
                         peer.region: f"https://sqs.{peer.region}.amazonaws.com/{stack.account}/{peer.gpu_queue_name}"
                         for peer in peers}}
         controller = controller_function(
-            self, handler="crossfleet_control.router.handler",
+            self, handler="crossfleet_control.handlers.router.handler",
             description=f"crossfleet intake router for {deployment} in {region}",
             environment={"CROSSFLEET_ROUTER_SETTINGS": stack.to_json_string(settings)}, timeout_seconds=30)
         self.function, self.log_group, role = controller.function, controller.log_group, controller.role

@@ -19,8 +19,8 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from crossfleet.config.model import MonitoringConfig
-from crossfleet_control.metrics import NAMESPACE
+from crossfleet.config.monitoring import MonitoringConfig
+from crossfleet_control.aws.metrics import NAMESPACE
 
 FIVE_MINUTES = Duration.minutes(5)
 ONE_MINUTE = Duration.minutes(1)

@@ -7,7 +7,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from crossfleet.config.model import NetworkConfig
+from crossfleet.config.network import NetworkConfig
 
 # Interface endpoints for what instances and controllers call, so that control traffic stays off the NAT:
 # SSM Session Manager (ssm, ssmmessages, ec2messages), the work queues, metrics and logs, and the

@@ -17,7 +17,7 @@ from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from crossfleet.config.model import ModelServerConfig, RealtimeConfig
+from crossfleet.config.realtime import ModelServerConfig, RealtimeConfig
 
 HTTPS_PORT = 443
 RULE_PRIORITY = 10

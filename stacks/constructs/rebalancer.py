@@ -13,7 +13,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from crossfleet.config.model import RebalancerConfig
+from crossfleet.config.control import RebalancerConfig
 from crossfleet.config.offerings import offerings
 from stacks.constructs.controller_function import controller_function
 from stacks.constructs.realtime_endpoint import RealtimeEndpoint
@@ -91,7 +91,7 @@ class Rebalancer(Construct):
             }
 
         controller = controller_function(
-            self, handler="crossfleet_control.rebalancer.handler",
+            self, handler="crossfleet_control.handlers.rebalancer.handler",
             description=f"crossfleet rebalancer for {deployment} in {region}: its groups, queues and state only",
             environment={"CROSSFLEET_SETTINGS": stack.to_json_string(settings)}, timeout_seconds=timeout_seconds)
         self.function, self.log_group, role = controller.function, controller.log_group, controller.role

@@ -6,8 +6,8 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
-from crossfleet.config.model import StateConfig
-from crossfleet_control.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
+from crossfleet.config.control import StateConfig
+from crossfleet_control.core.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 
 
 class StateTable(Construct):

@@ -8,7 +8,7 @@ from aws_cdk import Duration
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from crossfleet.config.model import QueueConfig
+from crossfleet.config.control import QueueConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from crossfleet_control.ledger import Ledger
+from crossfleet_control.aws.ledger import Ledger
 from crossfleet_worker.agent import Agent, WorkerSettings, run_forever
 from crossfleet_worker.instance import InstanceMetadata
 from crossfleet_worker.job_metrics import JobMetrics

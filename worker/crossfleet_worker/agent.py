@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from crossfleet_control.jobs import Job, JobRejected, parse_job
-from crossfleet_control.ledger import TERMINAL, Ledger
+from crossfleet_control.aws.ledger import TERMINAL, Ledger
+from crossfleet_control.core.jobs import Job, JobRejected, parse_job
 from crossfleet_worker.job_metrics import JobMetrics
 from crossfleet_worker.runners import JobFailed, Runner
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from crossfleet_control.jobs import Job
+from crossfleet_control.core.jobs import Job
 
 
 class JobFailed(RuntimeError):

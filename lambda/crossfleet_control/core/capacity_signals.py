@@ -1,4 +1,4 @@
-"""The capacity-events Lambda: EventBridge capacity signals in, circuit breakers per offering out.
+"""What a capacity event means: EventBridge event plus the instance's facts in, circuit-breaker signals out (pure).
 
 Events (each region's rules deliver only that region's):
 - Auto Scaling "EC2 Instance Launch Unsuccessful" / "EC2 Instance Launch Successful" for this deployment's
@@ -8,23 +8,18 @@ Events (each region's rules deliver only that region's):
 - EC2 Capacity Block expiration warning for the configured block: its instances are drained through the
   termination lifecycle hook (the worker finishes or requeues its jobs) before EC2 reclaims them, and the
   block's offering stays open until the block ends.
-
-`interpret` is pure (event + the instance's facts in, signals out); `handle` does the AWS calls.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from crossfleet_control.capacity_health import ANY_TYPE, Offering, Signal, classify_launch_failure
-from crossfleet_control.health_store import HealthStore
-from crossfleet_control.metrics import MetricsRecorder
+from crossfleet_control.core.capacity_health import ANY_TYPE, CLOSED, Offering, Signal, classify_launch_failure
+from crossfleet_control.core.policy_types import PoolTelemetry
 
 LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
 LAUNCH_SUCCESSFUL = "EC2 Instance Launch Successful"
@@ -73,9 +68,9 @@ def interpret(event: Mapping[str, Any], settings: EventSettings, facts: Instance
         if pool is None:
             return []
         if kind == LAUNCH_SUCCESSFUL:
-            instance_type = facts.instance_type if facts else ANY_TYPE
+            launched_type = facts.instance_type if facts else ANY_TYPE
             market = facts.market if facts else "on-demand"
-            offerings = {Offering(region, pool, instance_type, market), Offering(region, pool, ANY_TYPE, "on-demand")}
+            offerings = {Offering(region, pool, launched_type, market), Offering(region, pool, ANY_TYPE, "on-demand")}
             return [Signal(o, "success", at, "instance launched") for o in sorted(offerings, key=str)]
         message = str(detail.get("StatusMessage") or detail.get("Cause") or "")
         signal_kind, instance_type, market = classify_launch_failure(message)
@@ -99,64 +94,6 @@ def interpret(event: Mapping[str, Any], settings: EventSettings, facts: Instance
     return []
 
 
-@dataclass
-class CapacityEvents:
-    settings: EventSettings
-    store: HealthStore
-    ec2: Any
-    autoscaling: Any
-    metrics: MetricsRecorder
-
-    def handle(self, event: Mapping[str, Any], now: float) -> dict[str, Any]:
-        facts = self._facts(event)
-        signals = interpret(event, self.settings, facts, now)
-        written = self.store.record(signals)
-        for signal in signals:
-            self.metrics.add("CapacitySignals", 1, Pool=signal.offering.pool, Kind=signal.kind)
-        drained = 0
-        if any(s.kind == "block_ending" for s in signals):
-            drained = self._drain_block_instances()
-        self.metrics.flush()
-        return {"signals": [s.kind for s in signals],
-                "breakers": {b.offering.sort_key: b.state for b in written}, "drained": drained}
-
-    def _facts(self, event: Mapping[str, Any]) -> InstanceFacts | None:
-        detail = event.get("detail") or {}
-        instance_id = detail.get("instance-id") or detail.get("EC2InstanceId")
-        if not instance_id:
-            return None
-        try:
-            reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-        except Exception as error:  # gone already, or not ours to see: no facts, no signal
-            print(f"crossfleet capacity events: describe_instances {instance_id}: {error}")
-            return None
-        for reservation in reservations:
-            for instance in reservation.get("Instances", []):
-                tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-                return InstanceFacts(instance_type=instance["InstanceType"],
-                                     market="spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand",
-                                     group_name=tags.get(GROUP_TAG))
-        return None
-
-    def _drain_block_instances(self) -> int:
-        """Scale the block's group in through its lifecycle hook, so workers drain before EC2 reclaims."""
-        group = self.settings.groups[self.settings.block_pool]
-        instances = self.autoscaling.describe_auto_scaling_groups(
-            AutoScalingGroupNames=[group])["AutoScalingGroups"][0].get("Instances", [])
-        drained = 0
-        for instance in instances:
-            if instance.get("LifecycleState") not in ("InService", "Pending", "Pending:Wait", "Pending:Proceed"):
-                continue
-            try:
-                self.autoscaling.terminate_instance_in_auto_scaling_group(
-                    InstanceId=instance["InstanceId"], ShouldDecrementDesiredCapacity=True)
-                drained += 1
-            except Exception as error:  # already terminating is fine: the hook is running for it
-                print(f"crossfleet capacity events: drain {instance['InstanceId']}: {error}")
-        self.metrics.add("BlockInstancesDrained", drained, Pool=self.settings.block_pool)
-        return drained
-
-
 def _parse_time(value: Any) -> float | None:
     if not value:
         return None
@@ -170,24 +107,22 @@ def _event_time(event: Mapping[str, Any], now: float) -> float:
     return _parse_time(event.get("time")) or now
 
 
-_HANDLER: CapacityEvents | None = None
 
+def gap_signals(region: str, telemetry: dict[str, PoolTelemetry], pool_wide: dict[str, str],
+                now: float) -> list[Signal]:
+    """The group's own evidence: desired above in-service + pending while launches fail opens the pool-wide
+    breaker (after two cycles); a group that has everything it asked for closes a half-open one."""
+    signals = []
+    for pool, t in telemetry.items():
+        if t.desired is None or t.in_service is None:
+            continue
+        offering = Offering(region, pool, ANY_TYPE, "on-demand")
+        gap = t.desired - t.in_service - (t.pending or 0)
+        if gap > 0 and (t.failed_launches or 0) > 0:
+            signals.append(Signal(offering, "launch_gap", now,
+                                  f"desired {t.desired}, in service {t.in_service}, pending {t.pending}, "
+                                  f"{t.failed_launches} failed launches"))
+        elif gap <= 0 and t.desired > 0 and pool_wide.get(pool, CLOSED) != CLOSED:
+            signals.append(Signal(offering, "success", now, f"{t.in_service} of {t.desired} in service"))
+    return signals
 
-def build(settings: EventSettings, *, session: Any = None) -> CapacityEvents:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(retries={"mode": "standard", "max_attempts": 4})
-    session = session or boto3.session.Session(region_name=settings.region)
-    return CapacityEvents(
-        settings=settings,
-        store=HealthStore(session.client("dynamodb", config=config), settings.table_name, settings.region),
-        ec2=session.client("ec2", config=config), autoscaling=session.client("autoscaling", config=config),
-        metrics=MetricsRecorder(settings.deployment, settings.region))
-
-
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    global _HANDLER
-    if _HANDLER is None:
-        _HANDLER = build(EventSettings.from_json(os.environ["CROSSFLEET_EVENT_SETTINGS"]))
-    return _HANDLER.handle(event, time.time())

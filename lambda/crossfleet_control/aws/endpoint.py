@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crossfleet_control.adapters import AwsError
-from crossfleet_control.policy_types import Override
-from crossfleet_control.serving import ServingOverride, TargetTelemetry, split
-from crossfleet_control.settings import EndpointSettings
+from crossfleet_control.aws.errors import AwsError
+from crossfleet_control.core.policy_types import Override
+from crossfleet_control.core.serving import ServingOverride, TargetTelemetry, split
+from crossfleet_control.core.settings import EndpointSettings
 
 # Per target group: (metric, statistic) in the order TargetTelemetry takes them.
 METRICS = (("RequestCount", "Sum"), ("TargetResponseTime", "p50"), ("TargetResponseTime", "p99"),

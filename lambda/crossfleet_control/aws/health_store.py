@@ -20,8 +20,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from crossfleet_control.capacity_health import Breaker, Offering, RegionSummary, Signal, apply
-from crossfleet_control.table_schema import PARTITION_KEY, SORT_KEY
+from crossfleet_control.core.capacity_health import Breaker, Offering, RegionSummary, Signal, apply
+from crossfleet_control.core.table_schema import PARTITION_KEY, SORT_KEY
 
 SUMMARY_KEY = "summary#gpu"
 WRITE_ATTEMPTS = 4

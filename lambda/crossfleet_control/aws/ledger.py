@@ -18,7 +18,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from crossfleet_control.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
+from crossfleet_control.core.table_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 
 TERMINAL = ("succeeded", "dead_lettered", "rejected")
 CLAIMABLE = ("submitted", "queued", "moved", "failed", "interrupted")

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crossfleet_control.capacity_health import PoolHealth
-from crossfleet_control.policy_types import PoolSpec, ServingMemory
+from crossfleet_control.core.capacity_health import PoolHealth
+from crossfleet_control.core.policy_types import PoolSpec, ServingMemory
 
 POOLS = ("cpu", "gpu")
 SPLIT_GRID = tuple(range(0, 101, 5))
@@ -153,7 +153,7 @@ def decide(observation: ServingObservation, specs: Mapping[str, PoolSpec], setti
     p99 = {p: telemetry[p].p99_seconds for p in POOLS}
     # Over the SLO only on fresh evidence: a p99 from requests that completed this period after the traffic
     # stopped arriving (a burst that is over) would shift weights for a load that is gone, and then back.
-    over = {p: p99[p] is not None and p99[p] > slo and (telemetry[p].requests or 0) > 0 for p in POOLS}
+    over = {p: (p99[p] or 0.0) > slo and (telemetry[p].requests or 0) > 0 for p in POOLS}
 
     # 1. Never send traffic to a side with no healthy targets, but size it for the share it should have, so it
     # comes up (then rule 4 hands it traffic in bounded steps).
@@ -186,10 +186,10 @@ def decide(observation: ServingObservation, specs: Mapping[str, PoolSpec], setti
         weight = current + delta
         # Never more traffic than the receiving side's healthy hosts carry at the target utilization.
         if delta > 0:
-            room = telemetry["gpu"].healthy_hosts * requests_per_second_per_instance(specs["gpu"], settings)
+            room = (telemetry["gpu"].healthy_hosts or 0.0) * requests_per_second_per_instance(specs["gpu"], settings)
             weight = min(weight, max(current, _share_within(room, rate)))
         elif delta < 0:
-            room = telemetry["cpu"].healthy_hosts * requests_per_second_per_instance(specs["cpu"], settings)
+            room = (telemetry["cpu"].healthy_hosts or 0.0) * requests_per_second_per_instance(specs["cpu"], settings)
             weight = max(weight, min(current, 100 - _share_within(room, rate)))
         return weight
 
@@ -215,7 +215,8 @@ def decide(observation: ServingObservation, specs: Mapping[str, PoolSpec], setti
         return result(current, f"steady at {current}% GPU: the cheapest split for {rate:.1f} req/s")
     # The side that would take the traffic must be comfortably inside the SLO (it was sized for it first).
     receiver = "gpu" if target > current else "cpu"
-    comfortable = p99[receiver] is None or p99[receiver] <= slo * settings.comfort
+    receiver_p99 = p99[receiver]
+    comfortable = receiver_p99 is None or receiver_p99 <= slo * settings.comfort
     same = memory.pending_cost_target is not None and (memory.pending_cost_target > current) == (target > current)
     calm = memory.calm + 1 if (same and comfortable) else (1 if comfortable else 0)
     if calm < settings.calm_cycles:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from crossfleet_control.capacity_health import PoolHealth, RegionSummary
-from crossfleet_control.jobs import Job
-from crossfleet_control.service_model import InstanceProfile
+from crossfleet_control.core.capacity_health import PoolHealth, RegionSummary
+from crossfleet_control.core.jobs import Job
+from crossfleet_control.core.service_model import InstanceProfile
 
 TELEMETRY_FIELDS = ("visible", "in_flight", "desired", "in_service")
 

@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from crossfleet_control.jobs import Job
-from crossfleet_control.policy_types import PolicySettings, PoolSpec
-from crossfleet_control.service_model import profile_for
-from crossfleet_control.serving import ServingSettings
+from crossfleet_control.core.jobs import Job
+from crossfleet_control.core.policy_types import PolicySettings, PoolSpec
+from crossfleet_control.core.service_model import profile_for
+from crossfleet_control.core.serving import ServingSettings
 
 # Median request of the Azure LLM code trace (Splitwise, ISCA'24): sizes fleets from queue counts alone.
 REFERENCE_JOB = Job(id="reference", job_class="inference", placement="either", preference="gpu", input_tokens=1469,
@@ -123,3 +123,21 @@ class Settings:
             max_receive_count=int(raw.get("max_receive_count", 5)),
             endpoint=EndpointSettings.from_dict(raw["endpoint"]) if raw.get("endpoint") else None,
         )
+
+
+@dataclass
+class RouterSettings:
+    deployment: str
+    region: str
+    table_name: str
+    queue_urls: dict[str, str]
+    rejects_url: str
+    # Failover: the other configured regions' GPU queues (nothing else is ever a destination).
+    peer_gpu_queue_urls: dict[str, str] = field(default_factory=dict)
+    pool_instance_types: dict[str, list[str]] = field(default_factory=dict)
+    stale_peer_seconds: float = 300.0
+
+    @classmethod
+    def from_json(cls, text: str) -> RouterSettings:
+        return cls(**json.loads(text))
+

@@ -8,7 +8,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 NAMESPACE = "crossfleet"
 
@@ -33,7 +33,7 @@ class MetricsRecorder:
     def value(self, name: str, **dimensions: str) -> float | None:
         return self._values.get(tuple(sorted(dimensions.items())), {}).get(name)
 
-    def flush(self) -> list[dict]:
+    def flush(self) -> list[dict[str, Any]]:
         documents = []
         for key, metrics in self._values.items():
             dimensions = {"Deployment": self.deployment, "Region": self.region, **dict(key)}

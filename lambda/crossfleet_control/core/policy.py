@@ -27,9 +27,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from crossfleet_control.capacity_health import PoolHealth, RegionSummary, failover_target
-from crossfleet_control.jobs import Job
-from crossfleet_control.policy_types import (
+from crossfleet_control.core.capacity_health import PoolHealth, RegionSummary, failover_target
+from crossfleet_control.core.jobs import Job
+from crossfleet_control.core.policy_types import (
     ControllerMemory,
     Decision,
     MarketDecision,
@@ -298,14 +298,15 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
                 memory)
 
     streams = spec.profile.streams
+    in_flight = telemetry.in_flight  # known here (asserted above); a local keeps that known inside the closure
 
     def instances_for(visible: int) -> int:
         # Slots for the jobs running now (at a target utilization, so arrivals find room) plus slots to drain
         # the visible queue within the target wait. Counting occupancy makes the size follow the arrival rate:
         # sizing on the queue alone lets it grow until it holds a whole target wait of work.
-        occupancy = telemetry.in_flight / settings.target_utilization
+        occupancy = in_flight / settings.target_utilization
         drain = visible * spec.mean_job_seconds / settings.target_wait_seconds
-        return max(math.ceil((occupancy + drain) / streams - 1e-9), math.ceil(telemetry.in_flight / streams))
+        return max(math.ceil((occupancy + drain) / streams - 1e-9), math.ceil(in_flight / streams))
 
     # Jobs moved in this cycle were chosen because this pool's current slots meet their deadlines: they may
     # hold off a scale-in but do not call for a scale-up. Jobs moved out no longer need this pool at all.

@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-from crossfleet_control.jobs import Job
+from crossfleet_control.core.jobs import Job
 
 _PROFILES = Path(__file__).with_name("data") / "instance_profiles.json"
 
@@ -56,7 +57,7 @@ class InstanceProfile:
         prefill = self.prefill_tokens_per_second / self.replicas / per_replica
         batch1 = self.decode_tokens_per_second_batch1 or self.decode_tokens_per_second / self.streams
         decode = batch1 * per_replica ** (-self._decode_exponent)
-        return job.input_tokens / prefill + job.output_tokens / decode
+        return float(job.input_tokens / prefill + job.output_tokens / decode)
 
     def job_seconds(self, job: Job) -> float:
         """Wall-clock seconds one job takes while the instance runs `streams` jobs at once."""
@@ -72,8 +73,9 @@ class InstanceProfile:
 
 
 @cache
-def _document() -> dict:
-    return json.loads(_PROFILES.read_text())
+def _document() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(_PROFILES.read_text())
+    return document
 
 
 def known_families() -> tuple[str, ...]:

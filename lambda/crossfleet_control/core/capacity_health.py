@@ -79,7 +79,7 @@ class Breaker:
 
     def decayed_score(self, now: float) -> float:
         elapsed = max(0.0, now - self.score_at)
-        return self.score * 0.5 ** (elapsed / SCORE_HALF_LIFE_SECONDS)
+        return float(self.score * 0.5 ** (elapsed / SCORE_HALF_LIFE_SECONDS))
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class Signal:
 
 def backoff_seconds(kind: str, opens: int) -> float:
     base = BASE_OPEN_SECONDS.get(kind, DEFAULT_BASE_OPEN_SECONDS)
-    return min(MAX_OPEN_SECONDS, base * 2 ** max(0, opens - 1))
+    return float(min(MAX_OPEN_SECONDS, base * 2 ** max(0, opens - 1)))
 
 
 def current(breaker: Breaker, now: float) -> Breaker:

@@ -1,0 +1,183 @@
+"""The `graviton_fleet` and `accelerator_cluster` sections (top level, overridable per region): instance types
+checked against the offerings table, sizes, markets and reservations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crossfleet.config import parsing as p
+from crossfleet.config.errors import ConfigError
+from crossfleet.config.offerings import InstanceTypeInfo, offerings
+
+ACCELERATOR_KINDS = ("nvidia", "neuron")
+# Public SSM parameters, resolved by CloudFormation at deploy time (no lookup at synth).
+AL2023_ARM64_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
+ACCELERATOR_AMI_PARAMETERS = {
+    "nvidia": "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id",
+    "neuron": "/aws/service/neuron/dlami/multi-framework/amazon-linux-2023/latest/image_id",
+}
+ACCELERATOR_DEFAULT_TYPES = {
+    "nvidia": (("p5.48xlarge",), ("p5en.48xlarge", "g6e.12xlarge")),
+    "neuron": (("inf2.48xlarge",), ("inf2.24xlarge", "trn1.32xlarge")),
+}
+
+GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_size",
+                 "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib")
+ACCELERATOR_KEYS = ("kind", "instance_types", "fallback_instance_types", "min_size", "max_size", "placement_group",
+                    "efa", "spot", "capacity_reservation_id", "capacity_block_id", "root_volume_gib")
+
+
+@dataclass(frozen=True)
+class GravitonFleetConfig:
+    instance_types: tuple[str, ...]
+    fallback_instance_types: tuple[str, ...]
+    min_size: int
+    max_size: int
+    on_demand_base_capacity: int
+    on_demand_percentage_above_base: int
+    root_volume_gib: int
+
+    @property
+    def all_instance_types(self) -> tuple[str, ...]:
+        return self.instance_types + self.fallback_instance_types
+
+
+@dataclass(frozen=True)
+class AcceleratorClusterConfig:
+    kind: str
+    instance_types: tuple[str, ...]
+    fallback_instance_types: tuple[str, ...]
+    min_size: int
+    max_size: int
+    placement_group: bool
+    efa: bool
+    spot: bool
+    capacity_reservation_id: str | None
+    capacity_block_id: str | None
+    root_volume_gib: int
+
+    @property
+    def all_instance_types(self) -> tuple[str, ...]:
+        return self.instance_types + self.fallback_instance_types
+
+    @property
+    def ami_parameter(self) -> str:
+        return ACCELERATOR_AMI_PARAMETERS[self.kind]
+
+    @property
+    def reservation_id(self) -> str | None:
+        return self.capacity_block_id or self.capacity_reservation_id
+
+
+def _sizes(s: Mapping[str, Any], path: str, default_min: int, default_max: int) -> tuple[int, int]:
+    min_size = p.integer(s, path, "min_size", default_min, minimum=0, maximum=1000)
+    max_size = p.integer(s, path, "max_size", default_max, minimum=0, maximum=1000)
+    if min_size > max_size:
+        raise ConfigError(p.join(path, "min_size"), min_size, f"at most max_size ({max_size})")
+    return min_size, max_size
+
+
+def _check_offered(types: tuple[str, ...], path: str, key: str, region: str, *, want: str) -> None:
+    """Every listed type, fallbacks included, must exist, be offered in `region` and suit the pool."""
+    table = offerings()
+    for i, name in enumerate(types):
+        where = p.join(p.join(path, key), i)
+        info = table.get(name)
+        if info is None:
+            raise ConfigError(where, name, f"an instance type in crossfleet's offerings table ({_examples(want)})")
+        problem = _unsuitable(info, want)
+        if problem:
+            raise ConfigError(where, name, f"{problem}; allowed: {_examples(want)}")
+        if region not in info.regions:
+            offered_in = ", ".join(info.regions) or "no US region"
+            raise ConfigError(where, name, f"a type offered in {region} ({name} is offered in {offered_in})")
+
+
+def _unsuitable(info: InstanceTypeInfo, want: str) -> str | None:
+    if want == "graviton":
+        if info.arch != "arm64":
+            return f"{info.name} is {info.arch}, the Graviton fleet takes arm64 types"
+        if info.accelerator != "none":
+            return f"{info.name} has {info.accelerator} accelerators, the Graviton fleet takes CPU-only types"
+        return None
+    if info.accelerator == "none":
+        return f"{info.name} has no accelerator, the accelerator cluster of kind '{want}' takes {want} types"
+    if info.accelerator != want:
+        return f"{info.name} has {info.accelerator} accelerators, the cluster's kind is '{want}'"
+    if info.arch != "x86_64":
+        # The DLAMI and Neuron AMI parameters crossfleet uses are x86_64 images.
+        return f"{info.name} is {info.arch}, the {want} AMI crossfleet uses is x86_64"
+    return None
+
+
+def _examples(want: str) -> str:
+    return {
+        "graviton": "arm64 CPU types such as m9g.4xlarge, c9g.4xlarge, r9g.4xlarge, m8g.4xlarge, c8g.4xlarge",
+        "nvidia": "NVIDIA GPU types such as p5.48xlarge, p5en.48xlarge, g6e.12xlarge, g6.xlarge",
+        "neuron": "AWS Neuron types such as inf2.48xlarge, inf2.24xlarge, trn1.32xlarge",
+    }[want]
+
+
+def parse_graviton_fleet(s: Mapping[str, Any], path: str, region: str) -> GravitonFleetConfig:
+    # 16xlarge: CPU LLM decode is memory-bandwidth bound, so a whole socket's bandwidth per instance.
+    types = p.string_list(s, path, "instance_types", ("m9g.16xlarge", "c9g.16xlarge", "r9g.16xlarge"))
+    fallbacks = p.string_list(s, path, "fallback_instance_types", ("m8g.16xlarge", "c8g.16xlarge"),
+                              allow_empty=True)
+    _check_offered(types, path, "instance_types", region, want="graviton")
+    _check_offered(fallbacks, path, "fallback_instance_types", region, want="graviton")
+    _no_overlap(types, fallbacks, path)
+    min_size, max_size = _sizes(s, path, 1, 20)
+    base = p.integer(s, path, "on_demand_base_capacity", 1, minimum=0, maximum=1000)
+    if base > max_size:
+        raise ConfigError(p.join(path, "on_demand_base_capacity"), base, f"at most max_size ({max_size})")
+    return GravitonFleetConfig(
+        instance_types=types, fallback_instance_types=fallbacks, min_size=min_size, max_size=max_size,
+        on_demand_base_capacity=base,
+        on_demand_percentage_above_base=p.integer(s, path, "on_demand_percentage_above_base", 0, maximum=100),
+        root_volume_gib=p.integer(s, path, "root_volume_gib", 50, minimum=20, maximum=16384),
+    )
+
+
+def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str) -> AcceleratorClusterConfig:
+    kind = p.choice(s, path, "kind", "nvidia", ACCELERATOR_KINDS)
+    default_types, default_fallbacks = ACCELERATOR_DEFAULT_TYPES[kind]
+    types = p.string_list(s, path, "instance_types", default_types)
+    fallbacks = p.string_list(s, path, "fallback_instance_types", default_fallbacks, allow_empty=True)
+    _check_offered(types, path, "instance_types", region, want=kind)
+    _check_offered(fallbacks, path, "fallback_instance_types", region, want=kind)
+    _no_overlap(types, fallbacks, path)
+    min_size, max_size = _sizes(s, path, 0, 4)
+    reservation = p.optional_string(s, path, "capacity_reservation_id", prefix="cr-",
+                                    what="an On-Demand Capacity Reservation id (cr-...) or null")
+    block = p.optional_string(s, path, "capacity_block_id", prefix="cr-",
+                              what="a Capacity Block for ML reservation id (cr-...) or null")
+    if reservation and block:
+        raise ConfigError(p.join(path, "capacity_block_id"), block,
+                          "null when capacity_reservation_id is set (target one reservation)")
+    spot = p.boolean(s, path, "spot", False)
+    if spot and (reservation or block):
+        raise ConfigError(p.join(path, "spot"), spot, "false when targeting a capacity reservation or block")
+    if (reservation or block) and fallbacks:
+        # A reservation is for one instance type; fallbacks could silently launch unreserved capacity.
+        raise ConfigError(p.join(path, "fallback_instance_types"), list(fallbacks),
+                          "an empty list when targeting a capacity reservation or block")
+    if (reservation or block) and len(types) != 1:
+        raise ConfigError(p.join(path, "instance_types"), list(types),
+                          "exactly one type (the reservation's) when targeting a capacity reservation or block")
+    return AcceleratorClusterConfig(
+        kind=kind, instance_types=types, fallback_instance_types=fallbacks, min_size=min_size,
+        max_size=max_size, placement_group=p.boolean(s, path, "placement_group", True),
+        efa=p.boolean(s, path, "efa", False), spot=spot, capacity_reservation_id=reservation,
+        capacity_block_id=block,
+        root_volume_gib=p.integer(s, path, "root_volume_gib", 200, minimum=75, maximum=16384),
+    )
+
+
+def _no_overlap(types: tuple[str, ...], fallbacks: tuple[str, ...], path: str) -> None:
+    for i, name in enumerate(fallbacks):
+        if name in types:
+            raise ConfigError(p.join(p.join(path, "fallback_instance_types"), i), name,
+                              "a type not already in instance_types")

@@ -1,0 +1,106 @@
+"""The `realtime` section: the opt-in HTTPS endpoint and the model servers behind it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crossfleet.config import parsing as p
+from crossfleet.config.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelServerConfig:
+    """A model server container each instance of a pool runs (the worker's http runner calls it too)."""
+
+    kind: str  # "llama.cpp" (Graviton) or "vllm" (GPU)
+    image: str
+    model: str  # a local path baked into the AMI, or a Hugging Face id the server downloads
+    port: int
+    health_path: str
+
+    def container_args(self) -> tuple[str, ...]:
+        if self.kind == "llama.cpp":
+            source = ("-m", self.model) if self.model.startswith("/") else ("-hf", self.model)
+            return (*source, "--host", "0.0.0.0", "--port", str(self.port))
+        return ("--model", self.model, "--host", "0.0.0.0", "--port", str(self.port))
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    enabled: bool
+    certificate_arns: Mapping[str, str]
+    allowed_cidrs: tuple[str, ...]
+    latency_slo_p99_ms: int
+    initial_gpu_weight: int
+    max_weight_step: int
+    cpu_server: ModelServerConfig
+    gpu_server: ModelServerConfig
+
+
+DEFAULT_SERVERS = {
+    # Pin an image digest for production; these tags are the projects' published server images.
+    "cpu": {"kind": "llama.cpp", "image": "ghcr.io/ggml-org/llama.cpp:server",
+            "model": "ggml-org/Qwen2.5-Coder-1.5B-Q8_0-GGUF", "port": 8080, "health_path": "/health"},
+    "gpu": {"kind": "vllm", "image": "vllm/vllm-openai:latest", "model": "Qwen/Qwen2.5-Coder-7B-Instruct",
+            "port": 8000, "health_path": "/health"},
+}
+IMAGE_REFERENCE = re.compile(r"[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?")
+SERVER_KINDS = {"cpu": ("llama.cpp",), "gpu": ("vllm",)}
+CERTIFICATE_ARN = re.compile(r"^arn:aws:acm:(us-[a-z]+-\d):(\d{12}):certificate/[0-9a-f-]{36}$")
+
+
+def _server(raw: Any, path: str, pool: str) -> ModelServerConfig:
+    default = DEFAULT_SERVERS[pool]
+    s = p.section(raw, path, tuple(default))
+    port = p.integer(s, path, "port", default["port"], minimum=1024, maximum=65535)
+    health = s.get("health_path", default["health_path"])
+    if not isinstance(health, str) or not re.fullmatch(r"/[A-Za-z0-9/_.-]*", health):
+        raise ConfigError(p.join(path, "health_path"), health, "an absolute URL path such as /health")
+    image = s.get("image", default["image"])
+    if not isinstance(image, str) or not IMAGE_REFERENCE.fullmatch(image):
+        raise ConfigError(p.join(path, "image"), image, "a container image reference, e.g. registry/name:tag")
+    model = s.get("model", default["model"])
+    if not isinstance(model, str) or not re.fullmatch(r"[A-Za-z0-9/._:-]+", model):
+        raise ConfigError(p.join(path, "model"), model, "a model path on the instance or a Hugging Face model id")
+    return ModelServerConfig(kind=p.choice(s, path, "kind", default["kind"], SERVER_KINDS[pool]), image=image,
+                             model=model, port=port, health_path=health)
+
+
+def parse_realtime(raw: Any, regions: tuple[str, ...], account: str | None) -> RealtimeConfig:
+    path = "realtime"
+    s = p.section(raw, path, ("enabled", "certificate_arns", "allowed_cidrs", "latency_slo_p99_ms",
+                              "initial_gpu_weight", "max_weight_step", "cpu_server", "gpu_server"))
+    enabled = p.boolean(s, path, "enabled", False)
+    arns = s.get("certificate_arns", {})
+    where = p.join(path, "certificate_arns")
+    if not isinstance(arns, Mapping):
+        raise ConfigError(where, arns, "an object mapping each configured region to an ACM certificate ARN")
+    for region, arn in arns.items():
+        match = CERTIFICATE_ARN.match(arn) if isinstance(arn, str) else None
+        if region not in regions:
+            raise ConfigError(p.join(where, region), arn, f"a configured region: {', '.join(regions)}")
+        if match is None or match.group(1) != region:
+            raise ConfigError(p.join(where, region), arn,
+                              f"an ACM certificate ARN in {region}: arn:aws:acm:{region}:ACCOUNT:certificate/ID")
+        if account is not None and match.group(2) != account:
+            raise ConfigError(p.join(where, region), arn, f"a certificate in account {account}")
+    if enabled:
+        for region in regions:
+            if region not in arns:
+                raise ConfigError(p.join(where, region), None,
+                                  "an ACM certificate ARN for the endpoint's TLS listener (realtime is enabled)")
+    cidrs = p.string_list(s, path, "allowed_cidrs", (), allow_empty=True)
+    for i, cidr in enumerate(cidrs):
+        if not re.fullmatch(r"(\d{1,3}\.){3}\d{1,3}/\d{1,2}", cidr):
+            raise ConfigError(p.join(p.join(path, "allowed_cidrs"), i), cidr, "an IPv4 CIDR such as 10.0.0.0/8")
+    return RealtimeConfig(
+        enabled=enabled, certificate_arns=dict(arns), allowed_cidrs=cidrs,
+        latency_slo_p99_ms=p.integer(s, path, "latency_slo_p99_ms", 2000, minimum=50, maximum=600_000),
+        initial_gpu_weight=p.integer(s, path, "initial_gpu_weight", 50, minimum=0, maximum=100),
+        max_weight_step=p.integer(s, path, "max_weight_step", 20, minimum=1, maximum=100),
+        cpu_server=_server(s.get("cpu_server"), p.join(path, "cpu_server"), "cpu"),
+        gpu_server=_server(s.get("gpu_server"), p.join(path, "gpu_server"), "gpu"),
+    )

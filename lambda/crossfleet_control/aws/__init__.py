@@ -1,0 +1,1 @@
+"""AWS adapters: thin boto3 wrappers with injected clients, the only modules that call AWS."""

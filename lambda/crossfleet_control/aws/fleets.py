@@ -1,0 +1,91 @@
+"""Auto Scaling adapter: each pool's group telemetry, failed launches, desired capacity and On-Demand share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crossfleet_control.aws.errors import AwsError, ErrorSink
+
+DEPLOYMENT_TAG = "crossfleet:deployment"
+
+
+@dataclass(frozen=True)
+class GroupTelemetry:
+    desired: int | None
+    in_service: int | None
+    pending: int | None
+    min_size: int | None
+    max_size: int | None
+    deployment_tag: str | None
+    on_demand_percentage: int | None = None  # None: not a mixed-instances group (or unknown)
+
+
+@dataclass
+class AutoScalingFleets:
+    client: Any
+    group_names: Mapping[str, str]
+    on_error: ErrorSink
+    failure_window_seconds: float = 900.0
+    _mixed_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def telemetry(self) -> dict[str, GroupTelemetry]:
+        unknown = GroupTelemetry(None, None, None, None, None, None)
+        result = {pool: unknown for pool in self.group_names}
+        try:
+            groups = self.client.describe_auto_scaling_groups(
+                AutoScalingGroupNames=list(self.group_names.values()))["AutoScalingGroups"]
+        except AwsError as error:
+            self.on_error("autoscaling.describe_auto_scaling_groups", error)
+            return result
+        by_name = {g["AutoScalingGroupName"]: g for g in groups}
+        for pool, name in self.group_names.items():
+            group = by_name.get(name)
+            if group is None:
+                self.on_error("autoscaling.describe_auto_scaling_groups", LookupError(f"group {name} not found"))
+                continue
+            states = [i.get("LifecycleState", "") for i in group.get("Instances", [])]
+            tags = {t["Key"]: t["Value"] for t in group.get("Tags", [])}
+            mixed = group.get("MixedInstancesPolicy")
+            percentage = None
+            if mixed:
+                self._mixed_policies[pool] = mixed
+                percentage = mixed.get("InstancesDistribution", {}).get("OnDemandPercentageAboveBaseCapacity", 100)
+            result[pool] = GroupTelemetry(
+                desired=group["DesiredCapacity"], in_service=sum(s == "InService" for s in states),
+                pending=sum(s.startswith("Pending") for s in states), min_size=group["MinSize"],
+                max_size=group["MaxSize"], deployment_tag=tags.get(DEPLOYMENT_TAG), on_demand_percentage=percentage)
+        return result
+
+    def set_on_demand_percentage(self, pool: str, percentage: int) -> None:
+        """Spot <-> On-Demand for capacity launched from now on; running instances are left alone.
+
+        The whole policy as last read goes back with only the share changed, so the launch template and the
+        type overrides cannot be lost by a partial update."""
+        mixed = self._mixed_policies.get(pool)
+        if mixed is None:
+            raise LookupError(f"{self.group_names[pool]} has no mixed instances policy to change")
+        distribution = {**mixed.get("InstancesDistribution", {}), "OnDemandPercentageAboveBaseCapacity": percentage}
+        self.client.update_auto_scaling_group(AutoScalingGroupName=self.group_names[pool],
+                                              MixedInstancesPolicy={**mixed, "InstancesDistribution": distribution})
+
+    def failed_launches(self, pool: str, now: float) -> int | None:
+        try:
+            activities = self.client.describe_scaling_activities(
+                AutoScalingGroupName=self.group_names[pool], MaxRecords=20)["Activities"]
+        except AwsError as error:
+            self.on_error(f"autoscaling.describe_scaling_activities[{pool}]", error)
+            return None
+        cutoff = now - self.failure_window_seconds
+        return sum(1 for a in activities
+                   if a.get("StatusCode") in ("Failed", "Cancelled") and _epoch(a.get("StartTime")) >= cutoff)
+
+    def set_desired(self, pool: str, desired: int) -> None:
+        self.client.set_desired_capacity(AutoScalingGroupName=self.group_names[pool], DesiredCapacity=desired,
+                                         HonorCooldown=False)
+
+
+def _epoch(value: Any) -> float:
+    return value.timestamp() if hasattr(value, "timestamp") else 0.0
+

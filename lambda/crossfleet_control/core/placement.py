@@ -1,0 +1,93 @@
+"""Where a new job goes: the router's pure placement rules (a job and the pools' health in, a pool and why out)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crossfleet_control.core.capacity_health import SHORT, admits
+from crossfleet_control.core.jobs import Job
+
+
+@dataclass(frozen=True)
+class PoolHealth:
+    """The router's view of a pool: the share of new `either` work it admits, and whether it is short."""
+
+    admit: float = 1.0
+    reason: str = ""
+    short: bool = False
+
+    @property
+    def accepting(self) -> bool:
+        return self.admit > 0
+
+
+def choose_pool(job: Job, health: Mapping[str, PoolHealth]) -> tuple[str, str]:
+    """Pure placement rule: (pool, why). `*_only` jobs always go to their one pool, whatever its health.
+
+    An `either` job goes to its preferred pool unless that pool admits less than all new work (short, probing or
+    ramping back after a shortage) and this job falls outside the admitted share (decided by its id, so a
+    redelivery lands in the same place), and the other pool is accepting."""
+    if job.placement != "either":
+        pool = job.allowed_pools()[0]
+        return pool, f"placement {job.placement}"
+    preferred = job.preference
+    other = "cpu" if preferred == "gpu" else "gpu"
+    mine = health.get(preferred, PoolHealth())
+    if not admits(job.id, mine.admit) and health.get(other, PoolHealth()).accepting:
+        return other, f"preferred {preferred} admitting {mine.admit:.0%} ({mine.reason})"
+    return preferred, f"preference {preferred}"
+
+
+def place(job: Job, health: Mapping[str, PoolHealth], failover: tuple[str | None, str]
+          ) -> tuple[str | None, str, str]:
+    """(other region or None, pool, why). GPU work is not sent to a short (or not yet fully admitting) GPU pool
+    here when a healthy configured region can take it: a GPU elsewhere is the cheap, fast place for it. With
+    nowhere to fail over to, `either` work falls back to this region's CPU (`choose_pool`). Pinned jobs stay."""
+    target, target_why = failover
+    gpu = health.get("gpu", PoolHealth())
+    can_fail_over = target is not None and job.region is None and job.may_run_on("gpu")
+    if job.placement == "gpu_only" and gpu.short and can_fail_over:
+        return target, "gpu", f"gpu short here ({gpu.reason}); {target_why}"
+    if job.placement == "either" and job.preference == "gpu" and not admits(job.id, gpu.admit) and can_fail_over:
+        return target, "gpu", f"gpu here admitting {gpu.admit:.0%} ({gpu.reason}); {target_why}"
+    pool, why = choose_pool(job, health)
+    return None, pool, why
+
+
+def health_from_decision(record: Mapping[str, Any] | None) -> dict[str, PoolHealth]:
+    """What the rebalancer last saw: a pool frozen by an operator, unable to launch with nothing in service, or
+    pinned at zero takes no new `either` work; its capacity health (admit share) carries over."""
+    if not record:
+        return {}
+    health = {}
+    for pool, observed in record.get("observation", {}).items():
+        override = record.get("overrides", {}).get(pool, {})
+        decision = record.get("pools", {}).get(pool, {})
+        capacity = record.get("health", {}).get(pool, {})
+        if override.get("frozen"):
+            health[pool] = PoolHealth(0.0, "frozen by operator")
+        elif (observed.get("failed_launches") or 0) > 0 and not observed.get("in_service"):
+            health[pool] = PoolHealth(0.0, "launches failing and nothing in service")
+        elif decision.get("desired") == 0 and decision.get("wanted") == 0 and observed.get("desired") == 0 \
+                and "pinned" in decision.get("reason", ""):
+            health[pool] = PoolHealth(0.0, "pinned at zero")
+        else:
+            health[pool] = PoolHealth(float(capacity.get("admit", 1.0)), capacity.get("reason", ""),
+                                      capacity.get("status") == SHORT)
+    return health
+
+
+def merge_health(*views: Mapping[str, PoolHealth]) -> dict[str, PoolHealth]:
+    """The most cautious view of each pool wins."""
+    merged: dict[str, PoolHealth] = {}
+    for view in views:
+        for pool, health in view.items():
+            known = merged.get(pool)
+            if known is None or health.admit < known.admit or (health.short and not known.short):
+                merged[pool] = PoolHealth(min(health.admit, known.admit) if known else health.admit,
+                                          health.reason or (known.reason if known else ""),
+                                          health.short or bool(known and known.short))
+    return merged
+

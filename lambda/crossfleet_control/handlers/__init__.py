@@ -1,0 +1,1 @@
+"""Lambda entry points: parse the event, build adapters once per container, call orchestration, return."""

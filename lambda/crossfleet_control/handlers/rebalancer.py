@@ -1,0 +1,70 @@
+"""The rebalancer Lambda's entry point: settings parsed and clients built once per container, then one cycle
+(`orchestration.rebalance_cycle`) per EventBridge tick."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+from crossfleet_control.aws.controller_state import ControllerState
+from crossfleet_control.aws.endpoint import EndpointClient
+from crossfleet_control.aws.fleets import AutoScalingFleets
+from crossfleet_control.aws.health_store import HealthStore
+from crossfleet_control.aws.ledger import Ledger
+from crossfleet_control.aws.metrics import MetricsRecorder
+from crossfleet_control.aws.queues import QueueAges, RegionForwarder, SqsQueues
+from crossfleet_control.core.settings import Settings
+from crossfleet_control.orchestration.dependencies import Dependencies
+from crossfleet_control.orchestration.rebalance_cycle import run_cycle
+
+
+def build_dependencies(settings: Settings, *, session: Any = None) -> Dependencies:
+    import boto3
+    from botocore.config import Config
+
+    # Standard retries with backoff and jitter: throttling is normal at fleet scale (failure case 8).
+    config = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
+    session = session or boto3.session.Session(region_name=settings.region)
+    metrics = MetricsRecorder(settings.deployment, settings.region)
+
+    def on_error(where: str, error: Exception) -> None:
+        metrics.add("Errors", 1, Operation=where.split("[")[0])
+        print(f"crossfleet rebalancer error at {where}: {error}")
+
+    dynamodb = session.client("dynamodb", config=config)
+    peer_dynamodb = {region: session.client("dynamodb", region_name=region, config=config)
+                     for region in settings.peers}
+    peer_sqs = {region: session.client("sqs", region_name=region, config=config) for region in settings.peers}
+    return Dependencies(
+        settings=settings,
+        queues=SqsQueues(session.client("sqs", config=config),
+                         {p: s.queue_url for p, s in settings.pools.items()},
+                         {p: s.dead_letter_url for p, s in settings.pools.items()}, on_error),
+        fleets=AutoScalingFleets(session.client("autoscaling", config=config),
+                                 {p: s.group_name for p, s in settings.pools.items()}, on_error),
+        state=ControllerState(dynamodb, settings.table_name, settings.region),
+        metrics=metrics,
+        ledger=Ledger(dynamodb, settings.table_name),
+        ages=QueueAges(session.client("cloudwatch", config=config),
+                       {p: s.queue_url.rsplit("/", 1)[-1] for p, s in settings.pools.items()}, on_error),
+        health=HealthStore(dynamodb, settings.table_name, settings.region,
+                           peers={r: (peer_dynamodb[r], peer.table_name) for r, peer in settings.peers.items()},
+                           on_error=on_error),
+        forwarder=RegionForwarder(peer_sqs, {r: peer.gpu_queue_url for r, peer in settings.peers.items()},
+                                  on_error),
+        endpoint=EndpointClient(session.client("elbv2", config=config), session.client("cloudwatch", config=config),
+                                settings.endpoint, on_error) if settings.endpoint else None,
+    )
+
+
+_DEPENDENCIES: Dependencies | None = None
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    global _DEPENDENCIES
+    if _DEPENDENCIES is None:  # once per container: settings parsed, clients built
+        _DEPENDENCIES = build_dependencies(Settings.from_json(os.environ["CROSSFLEET_SETTINGS"]))
+    holder = getattr(context, "aws_request_id", None) or str(uuid.uuid4())
+    remaining = getattr(context, "get_remaining_time_in_millis", lambda: 50_000)
+    return run_cycle(_DEPENDENCIES, event, holder=holder, remaining_ms=remaining)

@@ -1,0 +1,1 @@
+"""Each function's sequence of work over the pure core and the AWS adapters."""

@@ -1,0 +1,127 @@
+"""The intake router: SQS intake queue in, one pool queue per job out, rejects kept with their reason.
+
+For each message: parse against the job schema; an invalid one goes to the rejects queue with the reason (and
+to the ledger when it has an id); a valid one is placed (placement rule, region pin, the pool health the
+rebalancer last recorded), sent to its pool queue and then recorded in the ledger. A message whose send fails
+is reported as a batch item failure, so SQS delivers it again: nothing is acknowledged before its copy is
+durable in a pool queue (or the rejects queue). Every SQS call goes through `aws.intake_queues`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crossfleet_control.aws.intake_queues import IntakeQueues
+from crossfleet_control.aws.ledger import Ledger
+from crossfleet_control.aws.metrics import MetricsRecorder
+from crossfleet_control.core.capacity_health import PoolHealth as CapacityHealth
+from crossfleet_control.core.capacity_health import RegionSummary, failover_target, pool_health
+from crossfleet_control.core.jobs import Job, JobRejected, parse_job
+from crossfleet_control.core.placement import PoolHealth, health_from_decision, merge_health, place
+from crossfleet_control.core.settings import RouterSettings
+
+
+@dataclass(frozen=True)
+class RoutingView:
+    """Read once per batch: each local pool's health and the failover target for GPU work, if any."""
+
+    pools: Mapping[str, PoolHealth]
+    failover: tuple[str | None, str] = (None, "")
+
+
+@dataclass
+class Router:
+    settings: RouterSettings
+    sqs: Any
+    ledger: Ledger
+    health: Callable[[], RoutingView]
+    metrics: MetricsRecorder
+    sqs_for_region: Callable[[str], Any] | None = None
+    _adapter: IntakeQueues | None = None
+
+    def _queues(self) -> IntakeQueues:
+        if self._adapter is None:
+            self._adapter = IntakeQueues(self.sqs, self.settings, self.sqs_for_region)
+        return self._adapter
+
+    def route_batch(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        failures = []
+        health = self.health()
+        for record in records:
+            try:
+                self._route(record.get("body", ""), health)
+            except Exception as error:  # send failed: SQS redelivers it (partial batch response)
+                self.metrics.add("Errors", 1, Operation="router.route")
+                print(f"crossfleet router: message {record.get('messageId')} not routed: {error}")
+                failures.append({"itemIdentifier": record.get("messageId")})
+        self.metrics.flush()
+        return {"batchItemFailures": failures}
+
+    def _route(self, body: str, view: RoutingView) -> None:
+        try:
+            job = parse_job(body)
+        except JobRejected as rejected:
+            self.reject(body, rejected.reason, rejected.job_id)
+            return
+        if job.region and job.region != self.settings.region:
+            self._forward(job)
+            return
+        region, pool, why = place(job, view.pools, view.failover)
+        if region is not None and region in self.settings.peer_gpu_queue_urls:
+            self._queues().send_to_peer(region, job)
+            self.metrics.add("FailedOver", 1, Region=region)
+            why = f"failover: {why}"
+        else:
+            region = self.settings.region
+            self._queues().send_to_pool(pool, job)
+        self.metrics.add("Routed", 1, Pool=pool)
+        try:
+            if not self.ledger.record_queued(job.id, pool=pool, region=region, via=f"router: {why}"):
+                self.metrics.add("DuplicateSubmissions")
+        except Exception:
+            # The job is durable in its pool queue; the worker's claim creates the ledger entry if this did not.
+            self.metrics.add("Errors", 1, Operation="ledger.record_queued")
+
+    def _forward(self, job: Job) -> None:
+        """A job pinned to another configured region goes to that region's intake queue, unchanged."""
+        assert job.region is not None
+        self._queues().forward(job.region, job)
+        self.metrics.add("Forwarded", 1, Region=job.region)
+
+    def reject(self, body: str, reason: str, job_id: str | None) -> None:
+        self._queues().reject(body, reason, job_id)
+        self.metrics.add("Rejected")
+        if job_id:
+            try:
+                self.ledger.record_rejected(job_id, reason)
+            except Exception:
+                self.metrics.add("Errors", 1, Operation="ledger.record_rejected")
+
+
+def routing_view(state: Any, store: Any, pool_types: Mapping[str, list[str]], configured: tuple[str, ...],
+                 now: float, stale_after_seconds: float) -> RoutingView:
+    """Fresh breakers (the capacity-events Lambda writes them within seconds of a failed launch), plus what the
+    rebalancer last recorded: operator holds and the other regions' GPU summaries. Unreadable is "accepting"
+    here and no failover: placement falls back to the producer's preference, and the rebalancer corrects it."""
+    try:
+        latest = state.recent_decisions(1)
+    except Exception:
+        latest = []
+    record = latest[0] if latest else None
+    views = [health_from_decision(record)]
+    try:
+        breakers = store.breakers()
+        views.append({pool: _routing(pool_health([b for b in breakers if b.offering.pool == pool], types, now))
+                      for pool, types in pool_types.items()})
+    except Exception:
+        pass
+    peers = {region: RegionSummary(**summary) for region, summary in (record or {}).get("peers", {}).items()}
+    others = tuple(r for r in configured if r != configured[0])
+    return RoutingView(merge_health(*views), failover_target(peers, others, now, stale_after_seconds))
+
+
+def _routing(health: CapacityHealth) -> PoolHealth:
+    return PoolHealth(health.admit, health.reason, health.short)
+
