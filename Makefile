@@ -10,7 +10,12 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export AWS_EC2_METADATA_DISABLED := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup synth test e2e lint bench clean
+.PHONY: setup synth deploy test e2e lint bench clean
+
+# Your own config file for synth, deploy and the cost report: `make synth CONFIG=my.json`.
+CONFIG ?=
+CDK_CONFIG := $(if $(CONFIG),-c config=$(abspath $(CONFIG)),)
+COST_CONFIG := $(if $(CONFIG),--config $(abspath $(CONFIG)),)
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -30,8 +35,14 @@ node_modules/.installed: package.json package-lock.json $(VENV)/.installed
 synth: setup
 	@echo "==> synthesizing every stack into cdk.out (no AWS credentials needed)"
 	rm -rf cdk.out
-	cdk synth --quiet --no-notices
+	cdk synth --quiet --no-notices $(CDK_CONFIG)
 	$(PY) -m crossfleet.synth_summary cdk.out
+	@echo "==> hourly cost of this deployment (crossfleet cost)"
+	$(PY) -m crossfleet cost $(COST_CONFIG)
+
+# Deploy every region stack of the config into the account of your credentials (the pinned CDK CLI).
+deploy: setup
+	cdk deploy --all --no-notices --require-approval broadening $(CDK_CONFIG)
 
 test: setup
 	$(PY) -m ruff check .

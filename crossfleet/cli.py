@@ -4,19 +4,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from crossfleet.config.errors import ConfigError
+from crossfleet.config.loader import load_for_cli
+from crossfleet.config.model import AppConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: 1 or more")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: 0 or more")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossfleet", description="Graviton + GPU fleets, rebalanced.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every command that names stacks, regions or limits reads the config the stacks were synthesized from.
+    configured = argparse.ArgumentParser(add_help=False)
+    configured.add_argument("--config", metavar="PATH",
+                            help="the JSON config file you synthesized and deployed with (default: "
+                                 "$CROSSFLEET_CONFIG, else the crossfleet block of cdk.json)")
 
     simulate = commands.add_parser("simulate", help="replay a scenario through one policy")
     simulate.add_argument("--scenario", required=True, help="scenario JSON file (see scenarios/)")
@@ -27,55 +55,66 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", help="directory for result.json and plots")
     simulate.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    submit = commands.add_parser("submit", help="send jobs (JSON, a JSON list, or JSON Lines) to an intake queue")
+    submit = commands.add_parser("submit", parents=[configured],
+                                 help="send jobs (JSON, a JSON list, or JSON Lines) to an intake queue")
     submit.add_argument("file", nargs="?", default="-", help="jobs file; - or nothing reads standard input")
-    submit.add_argument("--region", default="us-east-1", help="the region whose intake queue receives them")
-    submit.add_argument("--stack", help="region stack name (default: NAME-STAGE-REGION from cdk.json)")
+    submit.add_argument("--region", help="the configured region whose intake queue receives them (default: the "
+                                         "first configured region)")
+    submit.add_argument("--stack", help="region stack name (default: NAME-STAGE-REGION from the config)")
     submit.add_argument("--queue-url", help="intake queue URL (skips the stack lookup)")
     submit.add_argument("--endpoint-url", help="AWS endpoint override, e.g. a local emulator")
     submit.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    job = commands.add_parser("job", help="a job's ledger: current status and every transition")
-    job.add_argument("job_id")
-    job.add_argument("--region", default="us-east-1")
-    job.add_argument("--stack", help="region stack name (default: NAME-STAGE-REGION from cdk.json)")
+    job = commands.add_parser("job", parents=[configured], help="a job's ledger: current status and every transition")
+    job.add_argument("job_id", help="the job's id (as submit printed it)")
+    job.add_argument("--region", help="the configured region it was submitted to (default: the first configured)")
+    job.add_argument("--stack", help="region stack name (default: NAME-STAGE-REGION from the config)")
     job.add_argument("--table", help="state table name (skips the stack lookup)")
     job.add_argument("--endpoint-url", help="AWS endpoint override, e.g. a local emulator")
-    job.add_argument("--json", action="store_true")
+    job.add_argument("--json", action="store_true", help="machine-readable output")
 
     def live(name: str, help_text: str, *, pool: bool = False, regions: bool = False) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, parents=[configured], help=help_text, description=help_text)
         if pool:
-            command.add_argument("pool", help="cpu (Graviton) or gpu (accelerators)")
+            command.add_argument("pool", help="cpu (Graviton), gpu (accelerators), or endpoint (real-time split)")
         if regions:
             command.add_argument("--region", action="append", help="a region (repeat; default: all configured)")
         else:
-            command.add_argument("--region", default="us-east-1")
-        command.add_argument("--stack", help="region stack name (default: NAME-STAGE-REGION from cdk.json)")
+            command.add_argument("--region", help="a configured region (default: the first configured)")
+        command.add_argument("--stack", help="region stack name (default: NAME-STAGE-REGION from the config)")
         command.add_argument("--endpoint-url", help="AWS endpoint override, e.g. a local emulator")
         command.add_argument("--json", action="store_true", help="machine-readable output")
         return command
 
     live("status", "live state of every pool in the configured regions", regions=True)
     explain = live("explain", "the rebalancer's recent decisions with their reasons")
-    explain.add_argument("--last", type=int, default=5)
+    explain.add_argument("--last", type=_positive_int, default=5, help="how many decisions, newest first (default 5)")
     live("plan", "what the rebalancer would do now (changes nothing)")
     freeze = live("freeze", "stop the rebalancer from resizing a pool or moving its jobs", pool=True)
     freeze.add_argument("--note", default="", help="why (shown in status and the decision log)")
     live("unfreeze", "clear a freeze or pin on a pool", pool=True)
-    pin = live("pin", "hold a pool at a desired capacity (or `pin endpoint N`: N% of requests to GPUs)", pool=True)
-    pin.add_argument("desired", type=int)
-    pin.add_argument("--note", default="")
+    pin = live("pin", "hold a pool at a desired capacity within its min and max (or `pin endpoint N`: N%% of "
+                      "real-time requests to the GPUs)", pool=True)
+    pin.add_argument("desired", type=_non_negative_int, help="instances (a pool) or the GPU share in %% (endpoint)")
+    pin.add_argument("--note", default="", help="why (shown in status and the decision log)")
     drain = live("drain", "take a pool down to its minimum and keep it there (new either-work goes elsewhere)",
                  pool=True)
-    drain.add_argument("--note", default="drained by operator")
+    drain.add_argument("--note", default="drained by operator", help="why (shown in status and the decision log)")
 
     bench = commands.add_parser("bench", help="run every policy and the offline lower bound on a scenario")
-    bench.add_argument("--scenario", required=True)
-    bench.add_argument("--trace")
-    bench.add_argument("--seed", type=int)
+    bench.add_argument("--scenario", required=True, help="scenario JSON file (see scenarios/)")
+    bench.add_argument("--trace", help="an Azure LLM inference trace CSV to use instead of the scenario's")
+    bench.add_argument("--seed", type=int, help="override the scenario's seed")
     bench.add_argument("--out", help="directory for bench.json and per-policy results")
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    cost = commands.add_parser("cost", parents=[configured],
+                               help="hourly cost of the configured deployment: idle, at a typical load, at maximum")
+    cost.add_argument("--typical-gpu", type=_non_negative_int, metavar="N",
+                      help="GPU instances per region at the typical load (default: halfway from min to max)")
+    cost.add_argument("--typical-cpu", type=_non_negative_int, metavar="N",
+                      help="Graviton instances per region at the typical load (default: halfway from min to max)")
+    cost.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -89,7 +128,29 @@ def _scenario(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `crossfleet status --json | head`: the reader left; say nothing more (and nothing at exit either).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "cost":
+        return _cost(args)
+    if getattr(args, "config", None) is not None or args.command in ("submit", "job", *OPERATOR_COMMANDS):
+        try:
+            args.deployment = load_for_cli(args.config, os.environ)
+        except ConfigError as error:
+            print(error, file=sys.stderr)
+            return EXIT_USAGE
+        problem = _check_regions(args)
+        if problem:
+            print(f"crossfleet {args.command}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "submit":
         return _submit(args)
     if args.command == "job":
@@ -123,6 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _cost(args: argparse.Namespace) -> int:
+    from crossfleet import cost
+
+    try:
+        config = load_for_cli(args.config, os.environ)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    costs = cost.estimate(config, typical_cpu=args.typical_cpu, typical_gpu=args.typical_gpu)
+    print(json.dumps(cost.as_json(costs), indent=2, sort_keys=True) if args.json else cost.table(costs))
+    return EXIT_OK
+
+
 def _one_line(result: dict) -> str:
     return (f"{result['policy']} on {result['scenario']}: cost ${result['cost_usd']:.2f}, SLO "
             f"{result['slo_attainment']:.3f}, p50 {result['latency_p50_s']}s, p99 {result['latency_p99_s']}s, "
@@ -133,12 +207,12 @@ def _submit(args: argparse.Namespace) -> int:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from crossfleet.submit import read_jobs, submit
+    from crossfleet.submit import JobsFileError, read_jobs, submit
 
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         items = read_jobs(text)
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, JobsFileError) as error:
         print(f"crossfleet submit: cannot read jobs from {args.file}: {error}", file=sys.stderr)
         return EXIT_USAGE
     session = boto3.session.Session(region_name=args.region)
@@ -166,16 +240,20 @@ def _submit(args: argparse.Namespace) -> int:
     return EXIT_OK if not report.invalid and not report.failed else EXIT_FAILED
 
 
-def _default_stack_name(region: str) -> str:
-    from crossfleet.config import parse_config
-
-    root = Path(__file__).resolve().parents[1]
-    context = json.loads((root / "cdk.json").read_text()).get("context", {}) if (root / "cdk.json").exists() else {}
-    return parse_config(context.get("crossfleet")).stack_name(region)
+def _check_regions(args: argparse.Namespace) -> str | None:
+    """Fill in the default region and refuse a region the config does not deploy to (one line, exit 2)."""
+    configured = [r.region for r in args.deployment.regions]
+    asked = args.region if isinstance(args.region, list) else [args.region] if args.region else []
+    for region in asked:
+        if region not in configured:
+            return f"--region {region!r} is not allowed: one of the configured regions {', '.join(configured)}"
+    if not isinstance(args.region, list) and args.region is None and args.command != "status":
+        args.region = configured[0]
+    return None
 
 
 def _stack_output(session, args: argparse.Namespace, key: str) -> str:
-    stack = args.stack or _default_stack_name(args.region)
+    stack = args.stack or args.deployment.stack_name(args.region)
     described = session.client("cloudformation", endpoint_url=args.endpoint_url).describe_stacks(StackName=stack)
     for output in described["Stacks"][0].get("Outputs", []):
         if output["OutputKey"] == key:
@@ -201,7 +279,8 @@ def _job(args: argparse.Namespace) -> int:
         print(f"crossfleet job: {error}", file=sys.stderr)
         return EXIT_FAILED
     if head is None:
-        print(f"crossfleet job: no job {args.job_id} in the ledger of {args.region}", file=sys.stderr)
+        print(f"crossfleet job: no job {args.job_id} in the ledger of {args.region} yet{_intake_hint(session, args)}",
+              file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(json.dumps({"head": head, "history": history}, indent=2, sort_keys=True))
@@ -214,6 +293,24 @@ def _job(args: argparse.Namespace) -> int:
         status = event.pop("status")
         print(f"  {stamp}  {status:<14} {json.dumps(event, sort_keys=True)}")
     return EXIT_OK
+
+
+def _intake_hint(session, args: argparse.Namespace) -> str:
+    """A job appears in the ledger once the router has placed it: say whether the intake queue still holds work."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        url = _stack_output(session, args, "IntakeQueueUrl")
+        attributes = session.client("sqs", endpoint_url=args.endpoint_url).get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+    except (BotoCoreError, ClientError, LookupError):
+        return ""
+    waiting = sum(int(v) for v in attributes["Attributes"].values())
+    if waiting:
+        return (f": the intake queue holds {waiting} message(s) the router has not placed yet; a job submitted "
+                "seconds ago is probably among them")
+    return (": the intake queue is empty, so it was not submitted to this region (or it was rejected: see the "
+            "rejects queue)")
 
 
 OPERATOR_COMMANDS = ("status", "explain", "plan", "freeze", "unfreeze", "pin", "drain")
@@ -232,9 +329,11 @@ def _operate(args: argparse.Namespace) -> int:
     from crossfleet import ops
 
     session = boto3.session.Session()
-    regions = (args.region or _configured_regions()) if args.command == "status" else [args.region]
+    deployment: AppConfig = args.deployment
+    configured = [r.region for r in deployment.regions]
+    regions = (args.region or configured) if args.command == "status" else [args.region]
     try:
-        views = [ops.region_view(session, r, args.stack or _default_stack_name(r), args.endpoint_url)
+        views = [ops.region_view(session, r, args.stack or deployment.stack_name(r), args.endpoint_url)
                  for r in regions]
         if args.command == "status":
             rows = [row for view in views for row in ops.status(view)]
@@ -281,15 +380,22 @@ def _operate(args: argparse.Namespace) -> int:
         elif args.command == "unfreeze":
             state.clear_override(args.pool)
         elif args.command == "pin":
-            if args.desired < 0 or (args.pool == ops.ENDPOINT and args.desired > 100):
-                what = "the GPU share, 0 to 100" if args.pool == ops.ENDPOINT else "0 or more"
-                print(f"crossfleet pin: desired must be {what}", file=sys.stderr)
+            low, high = ops.pin_range(view, args.pool)
+            if not low <= args.desired <= high:
+                what = "the GPU share in %" if args.pool == ops.ENDPOINT else f"{args.pool}'s min and max size"
+                print(f"crossfleet pin: {args.pool} {args.desired} is not allowed: {low} to {high} ({what})",
+                      file=sys.stderr)
                 return EXIT_USAGE
             state.set_override(args.pool, pinned_desired=args.desired, note=args.note)
         elif args.command == "drain":
             # Pinned at zero: the policy clamps it to the group's minimum; the router avoids it for either-work.
             state.set_override(args.pool, pinned_desired=0, note=args.note)
-        print(json.dumps({"region": view.region, "pool": args.pool, "command": args.command}) if args.json
+        echo = {"region": view.region, "pool": args.pool, "command": args.command,
+                "override": {"frozen": args.command == "freeze",
+                             "pinned_desired": args.desired if args.command == "pin"
+                             else 0 if args.command == "drain" else None,
+                             "note": getattr(args, "note", "")} if args.command != "unfreeze" else None}
+        print(json.dumps(echo) if args.json
               else f"{args.command}: {args.pool} in {view.region} (takes effect at the next rebalancer cycle)")
         return EXIT_OK
     except NoCredentialsError:
@@ -305,14 +411,6 @@ def _operate(args: argparse.Namespace) -> int:
     except (BotoCoreError, ClientError) as error:
         print(f"crossfleet {args.command}: {error}", file=sys.stderr)
         return EXIT_FAILED
-
-
-def _configured_regions() -> list[str]:
-    from crossfleet.config import parse_config
-
-    root = Path(__file__).resolve().parents[1]
-    context = json.loads((root / "cdk.json").read_text()).get("context", {}) if (root / "cdk.json").exists() else {}
-    return [r.region for r in parse_config(context.get("crossfleet")).regions]
 
 
 def _table(rows: list[dict], columns: tuple[str, ...]) -> str:

@@ -130,6 +130,15 @@ class _EndpointSession:
 ENDPOINT = "endpoint"  # `freeze endpoint` holds the real-time split; `pin endpoint N` sets the GPU share (%)
 
 
+def pin_range(view: RegionView, pool: str) -> tuple[int, int]:
+    """What `pin` accepts: the GPU share in % for the endpoint, the group's configured min..max for a pool (the
+    policy would clamp anything else, so accepting it would silently pin something else)."""
+    if pool == ENDPOINT:
+        return 0, 100
+    pool_settings = view.settings.pools[pool]
+    return pool_settings.min_size, pool_settings.max_size
+
+
 def check_pool(view: RegionView, pool: str, command: str = "") -> None:
     pools = list(view.settings.pools)
     if view.settings.endpoint is not None:

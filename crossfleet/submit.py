@@ -19,18 +19,36 @@ class SubmitReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (job id, SQS error)
 
 
-def read_jobs(text: str) -> list[Any]:
-    """A JSON object, a JSON list of objects, or JSON Lines."""
+class JobsFileError(ValueError):
+    """A jobs file that is not JSON, a JSON list or JSON Lines; the message names the line."""
+
+
+def read_jobs(text: str) -> list[tuple[int, Any]]:
+    """A JSON object, a JSON list of objects, or JSON Lines, as (position, item) pairs: the line number for JSON
+    Lines (blank lines skipped, but counted), the 1-based index for a list or a single object."""
     stripped = text.strip()
     if not stripped:
         return []
-    if stripped[0] == "[" or (stripped[0] == "{" and "\n" not in stripped):
-        value = json.loads(stripped)
-        return value if isinstance(value, list) else [value]
     try:
-        return [json.loads(stripped)]
-    except json.JSONDecodeError:
-        return [json.loads(line) if line.strip() else None for line in text.splitlines() if line.strip()]
+        value = json.loads(stripped)
+    except json.JSONDecodeError as whole:
+        if stripped[0] == "[":
+            raise JobsFileError(f"line {whole.lineno}: {whole.msg}") from None
+    except RecursionError:
+        raise JobsFileError("nested too deeply to be a job") from None
+    else:
+        return list(enumerate(value, start=1)) if isinstance(value, list) else [(1, value)]
+    items = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append((number, json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise JobsFileError(f"line {number}: {error.msg} (column {error.colno})") from None
+        except RecursionError:
+            raise JobsFileError(f"line {number}: nested too deeply to be a job") from None
+    return items
 
 
 def complete(raw: Any, now: float) -> Any:
@@ -40,11 +58,12 @@ def complete(raw: Any, now: float) -> Any:
     return {"schema_version": SCHEMA_VERSION, "id": f"job-{uuid.uuid4().hex[:16]}", "submitted_at": now, **raw}
 
 
-def submit(sqs: Any, queue_url: str, items: Iterable[Any], *, now: float | None = None) -> SubmitReport:
+def submit(sqs: Any, queue_url: str, items: Iterable[tuple[int, Any]], *, now: float | None = None) -> SubmitReport:
+    """Send the valid items in batches of ten; invalid ones are reported by their position and never sent."""
     report = SubmitReport()
     now = time.time() if now is None else now
     valid = []
-    for index, raw in enumerate(items, start=1):
+    for index, raw in items:
         try:
             valid.append(parse_job(complete(raw, now)))
         except JobRejected as rejected:

@@ -335,8 +335,15 @@ def test_freeze_pin_and_drain_are_honoured_by_the_next_cycle(deployed: Deployed,
 def test_operator_commands_fail_clearly(deployed: Deployed, capsys, monkeypatch, tmp_path):
     assert cli_main(["freeze", "tpu", "--endpoint-url", deployed.url]) == 2
     assert "pool 'tpu': one of cpu, gpu" in capsys.readouterr().err
-    assert cli_main(["status", "--region", "us-west-1", "--endpoint-url", deployed.url]) == 1
-    assert "no stack crossfleet-dev-us-west-1 in us-west-1: deploy it first" in capsys.readouterr().err
+    # A US region the config does not deploy to is refused before any AWS call (it used to look for its stack).
+    assert cli_main(["status", "--region", "us-west-1", "--endpoint-url", deployed.url]) == 2
+    assert capsys.readouterr().err == ("crossfleet status: --region 'us-west-1' is not allowed: one of the "
+                                       "configured regions us-east-1, us-east-2, us-west-2\n")
+    # A config whose stacks were never deployed says which stack is missing.
+    other = tmp_path / "prod.json"
+    other.write_text(json.dumps({"stage": "prod", "regions": ["us-east-1"]}))
+    assert cli_main(["status", "--config", str(other), "--endpoint-url", deployed.url]) == 1
+    assert "no stack crossfleet-prod-us-east-1 in us-east-1: deploy it first" in capsys.readouterr().err
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
                 "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
@@ -344,3 +351,33 @@ def test_operator_commands_fail_clearly(deployed: Deployed, capsys, monkeypatch,
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     assert cli_main(["explain", "--endpoint-url", deployed.url]) == 1
     assert "no AWS credentials found" in capsys.readouterr().err
+
+
+def test_cli_edges_answer_in_one_line_with_the_right_exit_code(deployed: Deployed, capsys, tmp_path):
+    """Each edge a new user hit: an unknown region, a zero count, a pin beyond the group's max, a job still in the
+    intake queue, and JSON that echoes what was set."""
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli_main([*args, "--endpoint-url", deployed.url])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, _, err = run("status", "--region", "us-central-9")
+    assert code == 2 and err.count("\n") == 1 and "'us-central-9' is not allowed" in err
+    with pytest.raises(SystemExit) as usage:  # argparse's own one-line usage error, exit 2
+        cli_main(["explain", "--last", "0", "--endpoint-url", deployed.url])
+    assert usage.value.code == 2 and "argument --last: 0 is not allowed: 1 or more" in capsys.readouterr().err
+    code, _, err = run("pin", "cpu", "50")
+    assert (code, err) == (2, "crossfleet pin: cpu 50 is not allowed: 1 to 20 (cpu's min and max size)\n")
+    code, out, _ = run("pin", "gpu", "3", "--note", "load test", "--json")
+    assert code == 0 and json.loads(out)["override"] == {"frozen": False, "pinned_desired": 3, "note": "load test"}
+    assert run("unfreeze", "gpu")[0] == 0
+
+    # Submitted but not yet placed: the job waits in the intake queue (no router runs here).
+    jobs = tmp_path / "one.jsonl"
+    jobs.write_text(json.dumps({"id": "waiting-1", "class": "inference", "placement": "either",
+                                "deadline_seconds": 60, "size": {"input_tokens": 10, "output_tokens": 10}}) + "\n")
+    assert run("submit", str(jobs))[0] == 0
+    code, _, err = run("job", "waiting-1")
+    assert code == 1 and "holds 1 message(s) the router has not placed yet" in err
+    deployed.client("sqs").purge_queue(QueueUrl=deployed.client("sqs").get_queue_url(
+        QueueName="crossfleet-dev-us-east-1-intake")["QueueUrl"])
