@@ -91,9 +91,19 @@ BAD_INPUTS = [
                  id="az-of-another-region"),
     pytest.param({"graviton_fleet": {"instance_types": ["m9g.42xlarge"]}},
                  "crossfleet config: regions[0].graviton_fleet.instance_types[0] = 'm9g.42xlarge' is not allowed: "
-                 "an instance type in crossfleet's offerings table (arm64 CPU types such as m9g.4xlarge, "
-                 "c9g.4xlarge, r9g.4xlarge, m8g.4xlarge, c8g.4xlarge)",
+                 "did you mean m9g.4xlarge? an instance type in crossfleet's offerings table (arm64 CPU types such "
+                 "as m9g.4xlarge, c9g.4xlarge, r9g.4xlarge, m8g.4xlarge, c8g.4xlarge)",
                  id="unknown-instance-type"),
+    pytest.param({"accelerator_cluster": {"instance_types": ["g6e.xlarg"]}},
+                 "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'g6e.xlarg' is not allowed: "
+                 "did you mean g6e.xlarge? an instance type in crossfleet's offerings table (NVIDIA GPU types such "
+                 "as p5.48xlarge, p5en.48xlarge, g6e.12xlarge, g6.xlarge)",
+                 id="misspelt-instance-type"),
+    pytest.param({"accelerator_cluster": {"instance_types": ["h100-box"]}},
+                 "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'h100-box' is not allowed: "
+                 "an instance type in crossfleet's offerings table (NVIDIA GPU types such as p5.48xlarge, "
+                 "p5en.48xlarge, g6e.12xlarge, g6.xlarge)",
+                 id="unknown-instance-type-no-near-name"),
     pytest.param({"accelerator_cluster": {"capacity_block_id": "cr-0123456789abcdef0"}},
                  "crossfleet config: regions[0].accelerator_cluster.fallback_instance_types = ['p5en.48xlarge', "
                  "'g6e.12xlarge'] is not allowed: an empty list when targeting a capacity reservation or block",

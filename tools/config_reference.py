@@ -53,6 +53,11 @@ def rows() -> list[str]:
                 continue
             key = f"{prefix}.{field.name}" if prefix else field.name
             shown = json.dumps(list(current) if isinstance(current, tuple) else current)
+            if key == "regions[].availability_zones":
+                # Each region has its own default list: show them all, not the first region's.
+                from crossfleet.config.model import DEFAULT_AZS
+
+                shown = "; ".join(f"{r}: {json.dumps(list(azs))}" for r, azs in DEFAULT_AZS.items())
             lines.append(f"| `{key}` | `{shown}` | {FIELD_HELP.get(key, '')} |")
     return lines
 

@@ -4,6 +4,7 @@ checked against the offerings table, sizes, markets and reservations.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,11 @@ def _check_offered(types: tuple[str, ...], path: str, key: str, region: str, *, 
         where = p.join(p.join(path, key), i)
         info = table.get(name)
         if info is None:
-            raise ConfigError(where, name, f"an instance type in crossfleet's offerings table ({_examples(want)})")
+            # A typo (g6e.xlarg) deserves the name it was meant to be, not just a list of examples.
+            close = difflib.get_close_matches(str(name), list(table), n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(where, name,
+                              f"{hint}an instance type in crossfleet's offerings table ({_examples(want)})")
         problem = _unsuitable(info, want)
         if problem:
             raise ConfigError(where, name, f"{problem}; allowed: {_examples(want)}")
