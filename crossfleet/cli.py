@@ -348,7 +348,8 @@ def _operate(args: argparse.Namespace) -> int:
                 print(json.dumps(decisions, indent=2, sort_keys=True))
             for decision in [] if args.json else decisions:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(decision["at"]))
-                print(f"{stamp} {decision['mode']}: {len(decision['moves'])} moves")
+                decision_id = f" (decision {decision['decision_id']})" if "decision_id" in decision else ""
+                print(f"{stamp} {decision['mode']}{decision_id}: {len(decision['moves'])} moves")
                 for pool, pool_decision in decision["pools"].items():
                     print(f"  {pool}: {pool_decision['current']} -> {pool_decision['desired']}: "
                           f"{pool_decision['reason']}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from crossfleet_control.aws import logs
 from crossfleet_control.core.capacity_signals import GROUP_TAG, InstanceFacts
 
 # Instances that still hold (or are about to hold) work; anything else is already leaving.
@@ -21,7 +22,7 @@ class InstanceLookup:
         try:
             reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
         except Exception as error:  # gone already, or not ours to see: no facts, no signal
-            print(f"crossfleet capacity events: describe_instances {instance_id}: {error}")
+            logs.warning("no facts for the event's instance: no signal", instance_id=instance_id, error=str(error))
             return None
         for reservation in reservations:
             for instance in reservation.get("Instances", []):
@@ -45,5 +46,5 @@ class InstanceLookup:
                     InstanceId=instance["InstanceId"], ShouldDecrementDesiredCapacity=True)
                 drained += 1
             except Exception as error:  # already terminating is fine: the hook is running for it
-                print(f"crossfleet capacity events: drain {instance['InstanceId']}: {error}")
+                logs.warning("drain: terminate refused", instance_id=instance["InstanceId"], error=str(error))
         return drained

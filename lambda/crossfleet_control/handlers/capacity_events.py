@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+from crossfleet_control.aws import logs
 from crossfleet_control.aws.health_store import HealthStore
 from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.core.capacity_signals import EventSettings
@@ -32,4 +33,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _HANDLER
     if _HANDLER is None:
         _HANDLER = build(EventSettings.from_json(os.environ["CROSSFLEET_EVENT_SETTINGS"]))
-    return _HANDLER.handle(event, time.time())
+    logs.bind(function="capacity_events", request_id=getattr(context, "aws_request_id", None),
+              region=_HANDLER.settings.region, event=event.get("detail-type"))
+    result = _HANDLER.handle(event, time.time())
+    if result["signals"]:
+        logs.info("capacity signals recorded", signals=result["signals"], breakers=result["breakers"],
+                  drained=result["drained"])
+    return result

@@ -7,6 +7,7 @@ import os
 import uuid
 from typing import Any
 
+from crossfleet_control.aws import logs
 from crossfleet_control.aws.controller_state import ControllerState
 from crossfleet_control.aws.endpoint import EndpointClient
 from crossfleet_control.aws.fleets import AutoScalingFleets
@@ -30,7 +31,7 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
 
     def on_error(where: str, error: Exception) -> None:
         metrics.add("Errors", 1, Operation=where.split("[")[0])
-        print(f"crossfleet rebalancer error at {where}: {error}")
+        logs.error("AWS call failed", operation=where, error=str(error))
 
     dynamodb = session.client("dynamodb", config=config)
     peer_dynamodb = {region: session.client("dynamodb", region_name=region, config=config)
@@ -66,5 +67,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if _DEPENDENCIES is None:  # once per container: settings parsed, clients built
         _DEPENDENCIES = build_dependencies(Settings.from_json(os.environ["CROSSFLEET_SETTINGS"]))
     holder = getattr(context, "aws_request_id", None) or str(uuid.uuid4())
+    logs.bind(function="rebalancer", request_id=holder, region=_DEPENDENCIES.settings.region)
     remaining = getattr(context, "get_remaining_time_in_millis", lambda: 50_000)
-    return run_cycle(_DEPENDENCIES, event, holder=holder, remaining_ms=remaining)
+    result = run_cycle(_DEPENDENCIES, event, holder=holder, remaining_ms=remaining)
+    # The decision id is the lease's fencing token: `crossfleet explain` and the decision log carry it too.
+    logs.info("cycle", decision_id=result.get("fence"), **{k: v for k, v in result.items() if k != "fence"})
+    return result

@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+from crossfleet_control.aws import logs
 from crossfleet_control.aws.controller_state import ControllerState
 from crossfleet_control.aws.health_store import HealthStore
 from crossfleet_control.aws.ledger import Ledger
@@ -43,4 +44,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _ROUTER
     if _ROUTER is None:
         _ROUTER = build_router(RouterSettings.from_json(os.environ["CROSSFLEET_ROUTER_SETTINGS"]))
+    logs.bind(function="router", request_id=getattr(context, "aws_request_id", None),
+              region=_ROUTER.settings.region)
     return _ROUTER.route_batch(event.get("Records", []))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from crossfleet_control.aws import logs
 from crossfleet_control.aws.queues import ReceivedJob
 from crossfleet_control.core import policy
 from crossfleet_control.core.policy_types import (
@@ -36,7 +37,7 @@ def apply(deps: Dependencies, decision: Decision, received: list[ReceivedJob], h
             applied["capacity"][pool] = desired
         except Exception as error:
             metrics.add("Errors", 1, Operation="autoscaling.set_desired_capacity")
-            print(f"crossfleet rebalancer: set_desired_capacity {pool}={desired} failed: {error}")
+            logs.error("set desired capacity failed", pool=pool, desired=desired, error=str(error))
 
     for pool, market in decision.markets.items():
         if not market.changes:
@@ -46,7 +47,7 @@ def apply(deps: Dependencies, decision: Decision, received: list[ReceivedJob], h
             applied.setdefault("markets", {})[pool] = market.desired
         except Exception as error:
             metrics.add("Errors", 1, Operation="autoscaling.update_auto_scaling_group")
-            print(f"crossfleet rebalancer: On-Demand share {pool}={market.desired} failed: {error}")
+            logs.error("On-Demand share change failed", pool=pool, percentage=market.desired, error=str(error))
 
     by_id = {r.job.id: r for r in received}
     moved: set[str] = set()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crossfleet_control.aws import logs
 from crossfleet_control.aws.intake_queues import IntakeQueues
 from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.metrics import MetricsRecorder
@@ -54,7 +55,8 @@ class Router:
                 self._route(record.get("body", ""), health)
             except Exception as error:  # send failed: SQS redelivers it (partial batch response)
                 self.metrics.add("Errors", 1, Operation="router.route")
-                print(f"crossfleet router: message {record.get('messageId')} not routed: {error}")
+                logs.error("message not routed: SQS delivers it again", message_id=record.get("messageId"),
+                           error=str(error))
                 failures.append({"itemIdentifier": record.get("messageId")})
         self.metrics.flush()
         return {"batchItemFailures": failures}
@@ -72,6 +74,7 @@ class Router:
         if region is not None and region in self.settings.peer_gpu_queue_urls:
             self._queues().send_to_peer(region, job)
             self.metrics.add("FailedOver", 1, Region=region)
+            logs.info("failed over", job_id=job.id, to_region=region, why=why)
             why = f"failover: {why}"
         else:
             region = self.settings.region
@@ -92,6 +95,7 @@ class Router:
 
     def reject(self, body: str, reason: str, job_id: str | None) -> None:
         self._queues().reject(body, reason, job_id)
+        logs.info("rejected", job_id=job_id, reason=reason)
         self.metrics.add("Rejected")
         if job_id:
             try:

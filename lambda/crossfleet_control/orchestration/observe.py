@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from crossfleet_control.aws import logs
 from crossfleet_control.aws.endpoint import serving_override
 from crossfleet_control.core import serving
 from crossfleet_control.core.capacity_health import (
@@ -70,7 +71,7 @@ def capacity(deps: Dependencies, telemetry: dict[str, PoolTelemetry], now: float
     except Exception as error:
         # Unknown health is not "short": the queue and group telemetry still drive the pools as before.
         deps.metrics.add("Errors", 1, Operation="dynamodb.capacity_health")
-        print(f"crossfleet rebalancer: capacity health unreadable: {error}")
+        logs.warning("capacity health unreadable: sizing on queue and group telemetry alone", error=str(error))
         return {}, {}
     health = {pool: pool_health([b for b in breakers if b.offering.pool == pool], spec.instance_types, now)
               for pool, spec in settings.pools.items()}

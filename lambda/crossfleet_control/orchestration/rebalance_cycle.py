@@ -124,6 +124,7 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         # Memory only delays scale-in; losing one write restarts the delay, which is the safe direction.
         metrics.add("Errors", 1, Operation="dynamodb.save_memory")
     record = decision_record(settings, observation, decision, applied, len(malformed))
+    record["decision_id"] = fence  # the lease's fencing token: unique and ordered per region, also in the logs
     if endpoint is not None:
         record["endpoint"] = endpoint.summary()
         metrics.put("EndpointGpuWeight", endpoint.gpu_weight if endpoint.gpu_weight is not None else -1)
