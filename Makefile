@@ -10,12 +10,12 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export AWS_EC2_METADATA_DISABLED := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup synth deploy test e2e lint bench clean
+.PHONY: setup synth deploy test e2e lint bench clean local local-demo
 
 # Your own config file for synth, deploy and the cost report: `make synth CONFIG=my.json`.
 CONFIG ?=
 CDK_CONFIG := $(if $(CONFIG),-c config=$(abspath $(CONFIG)),)
-COST_CONFIG := $(if $(CONFIG),--config $(abspath $(CONFIG)),)
+CLI_CONFIG := $(if $(CONFIG),--config $(abspath $(CONFIG)),)
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -38,7 +38,7 @@ synth: setup
 	cdk synth --quiet --no-notices $(CDK_CONFIG)
 	$(PY) -m crossfleet.synth_summary cdk.out
 	@echo "==> hourly cost of this deployment (crossfleet cost)"
-	$(PY) -m crossfleet cost $(COST_CONFIG)
+	$(PY) -m crossfleet cost $(CLI_CONFIG)
 
 # Deploy every region stack of the config into the account of your credentials (the pinned CDK CLI).
 deploy: setup
@@ -52,6 +52,15 @@ test: setup
 # Deploy every stack into moto's server on loopback and drive jobs through it (also part of `make test`).
 e2e: setup
 	$(PY) -m pytest -m e2e -v
+
+# The whole system on this machine, in moto's server on loopback port 5000, until Ctrl-C or
+# `.venv/bin/crossfleet local down` (see README: Try it locally).
+local: setup
+	$(PY) -m crossfleet local up $(CLI_CONFIG)
+
+# Deploy locally, submit a mix of jobs, run until every job has an outcome, print a summary (also in make test).
+local-demo: setup
+	$(PY) -m crossfleet local demo $(CLI_CONFIG)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -108,6 +108,31 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="directory for bench.json and per-policy results")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    local = commands.add_parser("local", help="the whole system on this machine, in moto's server on loopback")
+    local_commands = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
+    for name, text in (("up", "deploy your config into moto's server and keep it running with the router, the "
+                              "rebalancer and worker agents in this process (Ctrl-C or `crossfleet local down` "
+                              "stops it)"),
+                       ("demo", "deploy, submit a mix of jobs, run until every job has an outcome, print a summary "
+                                "(exit 0 when all have one and none ran twice)")):
+        action = local_commands.add_parser(name, parents=[configured], help=text, description=text)
+        action.add_argument("--speed", type=float, default=30.0,
+                            help="simulated seconds per real second (default 30: a 1-minute cycle every 2 s)")
+        action.add_argument("--workers", type=_positive_int, default=2,
+                            help="at most this many instances per Auto Scaling group run a worker agent (default 2)")
+        action.add_argument("--runner", choices=("fake", "command"), default="fake",
+                            help="fake: each job takes --run-seconds of simulated time; command: the config's "
+                                 "command runner, for real")
+        action.add_argument("--run-seconds", type=float, default=5.0,
+                            help="the fake runner's run time per job, simulated seconds (default 5)")
+        if name == "up":
+            action.add_argument("--port", type=int, default=5000, help="loopback port for moto (default 5000; 0: any)")
+        else:
+            action.add_argument("--jobs", type=_positive_int, default=60, help="how many demo jobs (default 60)")
+            action.add_argument("--timeout", type=float, default=150.0,
+                                help="give up after this many real seconds (default 150)")
+    local_commands.add_parser("down", help="stop the playground `crossfleet local up` started here")
+
     cost = commands.add_parser("cost", parents=[configured],
                                help="hourly cost of the configured deployment: idle, at a typical load, at maximum")
     cost.add_argument("--typical-gpu", type=_non_negative_int, metavar="N",
@@ -141,6 +166,8 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "cost":
         return _cost(args)
+    if args.command == "local":
+        return _local(args)
     if getattr(args, "config", None) is not None or args.command in ("submit", "job", *OPERATOR_COMMANDS):
         try:
             args.deployment = load_for_cli(args.config, os.environ)
@@ -195,6 +222,29 @@ def _cost(args: argparse.Namespace) -> int:
     costs = cost.estimate(config, typical_cpu=args.typical_cpu, typical_gpu=args.typical_gpu)
     print(json.dumps(cost.as_json(costs), indent=2, sort_keys=True) if args.json else cost.table(costs))
     return EXIT_OK
+
+
+def _local(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from crossfleet import local
+
+    if args.local_command == "down":
+        return local.down()
+    try:
+        config = load_for_cli(args.config, os.environ)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    if args.speed <= 0 or args.run_seconds < 0:
+        print("crossfleet local: --speed must be above 0 and --run-seconds 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    options = local.LocalOptions(speed=args.speed, workers_per_pool=args.workers, runner=args.runner,
+                                 run_seconds=args.run_seconds)
+    with tempfile.TemporaryDirectory(prefix="crossfleet-local-") as work_dir:
+        if args.local_command == "up":
+            return local.up(config, options, port=args.port, work_dir=Path(work_dir))
+        return local.demo(config, options, jobs=args.jobs, timeout_seconds=args.timeout, work_dir=Path(work_dir))
 
 
 def _one_line(result: dict) -> str:

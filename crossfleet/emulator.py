@@ -141,16 +141,33 @@ EMULATOR_SKIPS = {
     "AWS::SNS::TopicPolicy": "moto's CloudFormation has no SNS topic policies (TLS-only)",
     "AWS::SNS::Subscription": "moto's CloudFormation has no SNS subscriptions (alarm emails)",
     "Custom::VpcRestrictDefaultSG": "a custom resource runs its Lambda, which moto can only run in Docker",
+    "AWS::EC2::SecurityGroupEgress": "moto's CloudFormation has no separate egress rules (real-time endpoint)",
+}
+
+
+# Attributes moto's CloudFormation cannot resolve (its target groups have no attributes at all; it fails the
+# whole stack): each becomes a fixed placeholder. Only the real-time endpoint's CloudWatch dimensions use them,
+# and moto serves no AWS/ApplicationELB metrics anyway, so the rebalancer reads that telemetry as unknown.
+EMULATOR_PLACEHOLDER_ATTRIBUTES = {
+    ("AWS::ElasticLoadBalancingV2::TargetGroup", "TargetGroupFullName"): "targetgroup/emulator/{logical_id}",
+    ("AWS::ElasticLoadBalancingV2::LoadBalancer", "LoadBalancerFullName"): "app/emulator/{logical_id}",
 }
 
 
 def adapt_for_emulator(template: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The template minus the EMULATOR_SKIPS resources; returns it and {logical id: type} of what was removed."""
+    """The template minus the EMULATOR_SKIPS resources, with EMULATOR_PLACEHOLDER_ATTRIBUTES filled in; returns
+    it and {logical id: type} of what was removed."""
     resources = template["Resources"]
     skipped = {k: v["Type"] for k, v in resources.items() if v["Type"] in EMULATOR_SKIPS}
 
     def rewrite(value: Any) -> Any:
         if isinstance(value, dict):
+            if value.keys() == {"Fn::GetAtt"}:
+                logical_id, attribute = value["Fn::GetAtt"][0], value["Fn::GetAtt"][1]
+                kind = resources.get(logical_id, {}).get("Type")
+                placeholder = EMULATOR_PLACEHOLDER_ATTRIBUTES.get((kind, attribute))
+                if placeholder:
+                    return placeholder.format(logical_id=logical_id)
             if value.keys() == {"Ref"} and value["Ref"] in skipped:
                 return f"emulator-skipped-{value['Ref']}"
             if value.keys() == {"Fn::GetAtt"} and value["Fn::GetAtt"][0] in skipped:
@@ -172,3 +189,43 @@ def adapt_for_emulator(template: dict[str, Any]) -> tuple[dict[str, Any], dict[s
             del resource["DependsOn"]
         adapted[logical_id] = resource
     return {**template, "Resources": adapted, "Outputs": rewrite(template.get("Outputs", {}))}, skipped
+
+
+@dataclass
+class DeployedAssembly:
+    """What deploying an assembly into the emulator produced, per stack name."""
+
+    statuses: dict[str, dict[str, Any]]
+    skipped: dict[str, dict[str, str]]
+    templates: dict[str, dict[str, Any]]
+    warnings: set[str]
+
+
+def deploy_assembly(out_dir: Path, url: str, account: str) -> DeployedAssembly:
+    """Every stack of a synthesized assembly into a moto server at `url` running in this process: bootstrap,
+    seed the public parameters, publish the assets, drop what moto cannot create, create the stack."""
+    import warnings
+
+    import boto3
+
+    statuses, skipped, templates = {}, {}, {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for stack in stack_artifacts(out_dir):
+            session = boto3.session.Session(region_name=stack.region)
+
+            def client(service: str, s: Any = session) -> Any:
+                return s.client(service, endpoint_url=url)
+
+            bootstrap(client("ssm"))
+            images = client("ec2").describe_images(Owners=["amazon"])["Images"]
+            image_ids = {a: next(i["ImageId"] for i in images if i.get("Architecture") == a)
+                         for a in ("arm64", "x86_64")}
+            original = json.loads(stack.template_file.read_text())
+            seed_public_parameters(original, account, stack.region, image_ids)
+            publish_assets(stack, client("s3"), account)
+            template, skipped[stack.name] = adapt_for_emulator(original)
+            templates[stack.name] = original
+            statuses[stack.name] = create_stack(client("cloudformation"), client("s3"), stack, account, template)
+    moto_warnings = {str(w.message) for w in caught if "not supported by moto" in str(w.message)}
+    return DeployedAssembly(statuses, skipped, templates, moto_warnings)

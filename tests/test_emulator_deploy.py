@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_inference_2023_code.csv"
 # What moto still warns about after the emulator shim, and why that is fine.
 TOLERATED_WARNINGS = {"AWS::CDK::Metadata": "CDK's own analytics metadata resource: nothing to emulate"}
-# The default app configures no alarm emails, so it has no SNS subscriptions to skip.
-EXPECTED_SKIPS = set(emulator.EMULATOR_SKIPS) - {"AWS::SNS::Subscription"}
+# The default app configures no alarm emails, so it has no SNS subscriptions to skip, and no real-time endpoint,
+# so no separate egress rules (tests/test_local_playground.py deploys one).
+EXPECTED_SKIPS = set(emulator.EMULATOR_SKIPS) - {"AWS::SNS::Subscription", "AWS::EC2::SecurityGroupEgress"}
 
 
 @dataclass
@@ -68,27 +68,10 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     url = f"http://{host}:{port}"
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    statuses, skipped, templates = {}, {}, {}
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for stack in emulator.stack_artifacts(out_dir):
-                session = boto3.session.Session(region_name=stack.region)
-                client = lambda service, s=session: s.client(service, endpoint_url=url)  # noqa: E731
-                emulator.bootstrap(client("ssm"))
-                images = client("ec2").describe_images(Owners=["amazon"])["Images"]
-                image_ids = {a: next(i["ImageId"] for i in images if i.get("Architecture") == a)
-                             for a in ("arm64", "x86_64")}
-                original = json.loads(stack.template_file.read_text())
-                emulator.seed_public_parameters(original, ACCOUNT, stack.region, image_ids)
-                emulator.publish_assets(stack, client("s3"), ACCOUNT)
-                template, skipped[stack.name] = emulator.adapt_for_emulator(original)
-                templates[stack.name] = original
-                statuses[stack.name] = emulator.create_stack(client("cloudformation"), client("s3"), stack, ACCOUNT,
-                                                             template)
-        moto_warnings = {str(w.message) for w in caught if "not supported by moto" in str(w.message)}
-        yield Deployed(url=url, out_dir=out_dir, statuses=statuses, skipped=skipped, warnings=moto_warnings,
-                       templates=templates)
+        result = emulator.deploy_assembly(out_dir, url, ACCOUNT)
+        yield Deployed(url=url, out_dir=out_dir, statuses=result.statuses, skipped=result.skipped,
+                       warnings=result.warnings, templates=result.templates)
     finally:
         server.stop()
         for key, value in saved.items():
