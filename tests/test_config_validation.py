@@ -106,6 +106,10 @@ BAD_INPUTS = [
                  "crossfleet config: stage = 'Prod!' is not allowed: 2-20 characters: lowercase letters, digits "
                  "and '-', starting with a letter",
                  id="bad-stage-name"),
+    pytest.param({"regions": ["us-east-1"], "accelerator_cluster": {"kind": "neuron", "efa": True}},
+                 "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'inf2.48xlarge' is not "
+                 "allowed: a type with EFA while efa is true (inf2.48xlarge has no EFA; with EFA: trn1.32xlarge)",
+                 id="efa-on-a-type-without-efa"),
     pytest.param({"rebalancer": {"mode": "enforcing"}},
                  "crossfleet config: rebalancer.mode = 'enforcing' is not allowed: one of observe, enforce",
                  id="bad-mode"),

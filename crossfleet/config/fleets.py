@@ -71,6 +71,24 @@ class AcceleratorClusterConfig:
     def reservation_id(self) -> str | None:
         return self.capacity_block_id or self.capacity_reservation_id
 
+    @property
+    def group_instance_types(self) -> tuple[str, ...]:
+        """The types the group can launch: a reservation or block pins the first one."""
+        return self.instance_types[:1] if self.reservation_id else self.all_instance_types
+
+    @property
+    def efa_interfaces(self) -> int:
+        """EFA interfaces in the launch template: one per network card of the group's smallest EFA type.
+
+        One launch template serves every type of the group, and a launch asking for more interfaces than a type
+        has cards fails, so the count is the minimum over the group's types (DescribeInstanceTypes EfaInfo
+        MaximumEfaInterfaces). Trade-off: with p5en (16) as a fallback, p5.48xlarge (32) runs on half its EFA
+        bandwidth; list one type to get all of its cards."""
+        if not self.efa:
+            return 0
+        table = offerings()
+        return min(table[name].efa_max_interfaces for name in self.group_instance_types)
+
 
 def _sizes(s: Mapping[str, Any], path: str, default_min: int, default_max: int) -> tuple[int, int]:
     min_size = p.integer(s, path, "min_size", default_min, minimum=0, maximum=1000)
@@ -167,13 +185,31 @@ def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str) -> A
     if (reservation or block) and len(types) != 1:
         raise ConfigError(p.join(path, "instance_types"), list(types),
                           "exactly one type (the reservation's) when targeting a capacity reservation or block")
+    efa = p.boolean(s, path, "efa", False)
+    if efa:
+        _check_efa(types, fallbacks, path, kind)
     return AcceleratorClusterConfig(
         kind=kind, instance_types=types, fallback_instance_types=fallbacks, min_size=min_size,
         max_size=max_size, placement_group=p.boolean(s, path, "placement_group", True),
-        efa=p.boolean(s, path, "efa", False), spot=spot, capacity_reservation_id=reservation,
+        efa=efa, spot=spot, capacity_reservation_id=reservation,
         capacity_block_id=block,
         root_volume_gib=p.integer(s, path, "root_volume_gib", 200, minimum=75, maximum=16384),
     )
+
+
+def _check_efa(types: tuple[str, ...], fallbacks: tuple[str, ...], path: str, kind: str) -> None:
+    """EFA only on types that have it: the EC2 User Guide's "Supported instance types" for EFA (inf2, for one,
+    has none), read from DescribeInstanceTypes NetworkInfo.EfaSupported in the offerings table."""
+    table = offerings()
+    for key, names in (("instance_types", types), ("fallback_instance_types", fallbacks)):
+        for i, name in enumerate(names):
+            if table[name].efa_max_interfaces == 0:
+                # Name the cluster kind's example types that do have EFA, so the fix is in the message.
+                with_efa = [t for t in _examples(kind).split(" such as ")[1].split(", ")
+                            if t in table and table[t].efa_max_interfaces > 0]
+                raise ConfigError(p.join(p.join(path, key), i), name,
+                                  f"a type with EFA while efa is true ({name} has no EFA; with EFA: "
+                                  f"{', '.join(with_efa)})")
 
 
 def _no_overlap(types: tuple[str, ...], fallbacks: tuple[str, ...], path: str) -> None:
