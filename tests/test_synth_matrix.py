@@ -91,7 +91,7 @@ def test_matrix_variants_synthesize_what_they_ask_for():
     assert data["InstanceMarketOptions"] == {"MarketType": "capacity-block"}
     assert data["CapacityReservationSpecification"] == {
         "CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}}
-    assert data["NetworkInterfaces"][0]["InterfaceType"] == "efa"
+    assert {i["InterfaceType"] for i in data["NetworkInterfaces"]} == {"interface", "efa-only"}
 
     prefixed = synthesized("custom-prefix")
     assert {s.stack_name for s in prefixed.stacks.values()} == {"aiplat-prod-us-east-1", "aiplat-prod-us-west-1"}

@@ -77,7 +77,7 @@ class AcceleratorCluster(Construct):
         template = self.instances.launch_template.node.default_child
         assert isinstance(template, ec2.CfnLaunchTemplate)
         if config.efa:
-            template.add_property_override("LaunchTemplateData.NetworkInterfaces.0.InterfaceType", "efa")
+            self._enable_efa(template, config.efa_interfaces)
         if config.reservation_id:
             template.add_property_override(
                 "LaunchTemplateData.CapacityReservationSpecification",
@@ -85,3 +85,29 @@ class AcceleratorCluster(Construct):
         if config.capacity_block_id:
             template.add_property_override("LaunchTemplateData.InstanceMarketOptions",
                                            {"MarketType": "capacity-block"})
+
+    def _enable_efa(self, template: ec2.CfnLaunchTemplate, cards: int) -> None:
+        """EFA on every network card the group's types share, in the security group EFA needs.
+
+        Interfaces follow the EC2 User Guide's "Maximize network bandwidth on Amazon EC2 instances with multiple
+        network cards": an ENA primary interface (card 0, device 0), an EFA-only interface on card 0 device 1, and
+        an EFA-only interface on device 0 of every other card. No AssociatePublicIpAddress: EC2 refuses it on a
+        launch with several interfaces (InvalidParameterCombination), and the subnets are private anyway.
+        """
+        group = self.instances.security_group
+        own = [group.security_group_id]
+        interfaces = [{"DeviceIndex": 0, "NetworkCardIndex": 0, "InterfaceType": "interface", "Groups": own},
+                      {"DeviceIndex": 1, "NetworkCardIndex": 0, "InterfaceType": "efa-only", "Groups": own}]
+        interfaces += [{"DeviceIndex": 0, "NetworkCardIndex": card, "InterfaceType": "efa-only", "Groups": own}
+                       for card in range(1, cards)]
+        template.add_property_override("LaunchTemplateData.NetworkInterfaces", interfaces)
+        # OS-bypass traffic needs all traffic in from and out to the group itself (EC2 User Guide, "Create and
+        # attach an Elastic Fabric Adapter" and "Prepare an EFA-enabled security group"). The group's
+        # allow-all-outbound rule is an IP rule; AWS asks for the self-referencing one explicitly.
+        ec2.CfnSecurityGroupIngress(self, "EfaIngressFromSelf", group_id=group.security_group_id, ip_protocol="-1",
+                                    source_security_group_id=group.security_group_id,
+                                    description="EFA: all traffic from this group (OS-bypass)")
+        ec2.CfnSecurityGroupEgress(self, "EfaEgressToSelf", group_id=group.security_group_id, ip_protocol="-1",
+                                   destination_security_group_id=group.security_group_id,
+                                   description="EFA: all traffic to this group (OS-bypass)")
+

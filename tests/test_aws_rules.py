@@ -1,0 +1,51 @@
+"""AWS's semantic rules that cfn-lint, cdk-nag and moto do not know, asserted on synthesized templates.
+
+Each test names the AWS page behind its rule; docs/aws-rules.md lists them all with where crossfleet enforces them.
+The variants are the synth matrix's own (synthesized once per session, shared with tests/test_synth_matrix.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.cdk_helpers import asg_for_pool, launch_template_of, resources_of_type
+from tests.test_synth_matrix import synthesized
+
+
+def _gpu_security_group_id(template: dict[str, Any]) -> str:
+    data = launch_template_of(template, asg_for_pool(template, "gpu"))["Properties"]["LaunchTemplateData"]
+    groups = data["NetworkInterfaces"][0]["Groups"]
+    assert len(groups) == 1
+    return str(groups[0]["Fn::GetAtt"][0])
+
+
+def test_efa_security_group_allows_all_traffic_to_and_from_itself():
+    """EC2 User Guide, "Create and attach an Elastic Fabric Adapter" / "Prepare an EFA-enabled security group":
+    OS-bypass needs a security group that allows all inbound and outbound traffic to and from itself."""
+    template = synthesized("capacity-block").template_json("us-west-2")
+    group = _gpu_security_group_id(template)
+    own = {"Fn::GetAtt": [group, "GroupId"]}
+    ingress = [r["Properties"] for r in resources_of_type(template, "AWS::EC2::SecurityGroupIngress").values()]
+    egress = [r["Properties"] for r in resources_of_type(template, "AWS::EC2::SecurityGroupEgress").values()]
+    assert any(r["GroupId"] == own and r.get("SourceSecurityGroupId") == own and r["IpProtocol"] == "-1"
+               for r in ingress), "all traffic in from the group itself"
+    assert any(r["GroupId"] == own and r.get("DestinationSecurityGroupId") == own and r["IpProtocol"] == "-1"
+               for r in egress), "all traffic out to the group itself"
+
+
+def test_efa_interfaces_use_every_network_card_of_p5():
+    """EC2 User Guide, "Maximize network bandwidth on Amazon EC2 instances with multiple network cards": an ENA
+    primary interface, an EFA-only interface on card 0 device 1, one EFA-only interface on every other card.
+    p5.48xlarge has 32 network cards and 32 EFA interfaces (DescribeInstanceTypes, EfaInfo)."""
+    template = synthesized("capacity-block").template_json("us-west-2")
+    data = launch_template_of(template, asg_for_pool(template, "gpu"))["Properties"]["LaunchTemplateData"]
+    interfaces = data["NetworkInterfaces"]
+    efa = [i for i in interfaces if i.get("InterfaceType") in ("efa", "efa-only")]
+    assert len(efa) == 32
+    assert sorted(i["NetworkCardIndex"] for i in efa) == list(range(32))
+    primary = [i for i in interfaces if i["DeviceIndex"] == 0 and i.get("NetworkCardIndex", 0) == 0]
+    assert len(primary) == 1 and primary[0].get("InterfaceType", "interface") in ("interface", "efa")
+    # EC2 refuses AssociatePublicIpAddress on a launch with several interfaces (InvalidParameterCombination).
+    assert all("AssociatePublicIpAddress" not in i for i in interfaces)
+    own = _gpu_security_group_id(template)
+    assert all(i["Groups"] == [{"Fn::GetAtt": [own, "GroupId"]}] for i in interfaces)
