@@ -79,9 +79,8 @@ class RegionStack(Stack):
             lifecycle_hook_name=hook_names["cpu"], drain_seconds=worker.drain_seconds)
         self.accelerator_cluster = AcceleratorCluster(
             self, "AcceleratorCluster", config=region.accelerator_cluster, vpc=self.network.vpc,
-            subnet_group_name="instances", availability_zones=region.availability_zones,
-            group_name=group_names["gpu"], user_data=user_data["gpu"], lifecycle_hook_name=hook_names["gpu"],
-            drain_seconds=worker.drain_seconds)
+            subnet_group_name="instances", group_name=group_names["gpu"], user_data=user_data["gpu"],
+            lifecycle_hook_name=hook_names["gpu"], drain_seconds=worker.drain_seconds)
         graviton, accelerators = region.graviton_fleet, region.accelerator_cluster
         pinned = accelerators.reservation_id is not None  # a reservation or block: one type, no Spot
         pool_groups = {

@@ -49,3 +49,33 @@ def test_efa_interfaces_use_every_network_card_of_p5():
     assert all("AssociatePublicIpAddress" not in i for i in interfaces)
     own = _gpu_security_group_id(template)
     assert all(i["Groups"] == [{"Fn::GetAtt": [own, "GroupId"]}] for i in interfaces)
+
+
+def _subnet_zones(template: dict[str, Any], group: dict[str, Any]) -> list[str]:
+    subnets = resources_of_type(template, "AWS::EC2::Subnet")
+    return sorted(subnets[ref["Ref"]]["Properties"]["AvailabilityZone"]
+                  for ref in group["Properties"]["VPCZoneIdentifier"])
+
+
+def test_capacity_block_group_launches_in_the_blocks_zone_without_a_placement_group():
+    """EC2 User Guide, "Launch instances using Capacity Blocks": an instance can't launch in a subnet in another
+    AZ than the block's. AWS API reference, "CapacityBlock": instances in a Capacity Block are placed close together
+    in an EC2 UltraCluster, so a cluster placement group adds nothing but another constraint."""
+    app = synthesized("capacity-block-other-zone")
+    template = app.template_json("us-west-2")
+    group = asg_for_pool(template, "gpu")
+    assert _subnet_zones(template, group) == ["us-west-2b"]
+    assert resources_of_type(template, "AWS::EC2::PlacementGroup") == {}
+    data = launch_template_of(template, group)["Properties"]["LaunchTemplateData"]
+    assert "Placement" not in data
+
+
+def test_gpu_group_uses_only_zones_where_every_type_is_offered(default_app):
+    """EC2 User Guide, "Placement strategies" (cluster): a cluster placement group is one AZ and AWS recommends
+    one instance type in it; crossfleet's default has no placement group (independent inference jobs do not need
+    one) and spreads the GPU group over the configured AZs where the pinned table offers every one of its types:
+    in us-east-1 p5en.48xlarge is offered in us-east-1a and us-east-1c only."""
+    template = default_app.template_json("us-east-1")
+    group = asg_for_pool(template, "gpu")
+    assert resources_of_type(template, "AWS::EC2::PlacementGroup") == {}
+    assert _subnet_zones(template, group) == ["us-east-1a", "us-east-1c"]

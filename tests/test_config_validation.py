@@ -110,6 +110,28 @@ BAD_INPUTS = [
                  "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'inf2.48xlarge' is not "
                  "allowed: a type with EFA while efa is true (inf2.48xlarge has no EFA; with EFA: trn1.32xlarge)",
                  id="efa-on-a-type-without-efa"),
+    pytest.param({"regions": ["us-east-1"], "accelerator_cluster": {"placement_group": True}},
+                 "crossfleet config: regions[0].accelerator_cluster.placement_group = True is not allowed: false "
+                 "unless the group has one instance type (AWS recommends one type per cluster placement group; this "
+                 "group has p5.48xlarge, p5en.48xlarge, g6e.12xlarge)",
+                 id="placement-group-across-types"),
+    pytest.param({"regions": ["us-east-1"], "accelerator_cluster": {
+        "instance_types": ["p5.48xlarge"], "fallback_instance_types": [], "placement_group": True,
+        "capacity_block_id": "cr-0123456789abcdef0"}},
+                 "crossfleet config: regions[0].accelerator_cluster.placement_group = True is not allowed: false "
+                 "with a capacity block (EC2 places a block's instances together in an UltraCluster)",
+                 id="placement-group-with-capacity-block"),
+    pytest.param({"regions": [{"region": "us-east-1", "accelerator_cluster": {"availability_zone": "us-east-1d"}}]},
+                 "crossfleet config: regions[0].accelerator_cluster.availability_zone = 'us-east-1d' is not allowed: "
+                 "one of the region's availability_zones (us-east-1a, us-east-1b, us-east-1c)",
+                 id="group-zone-outside-the-vpc"),
+    pytest.param({"regions": [{"region": "us-east-1", "accelerator_cluster": {
+        "instance_types": ["p5en.48xlarge"], "fallback_instance_types": [], "efa": True,
+        "availability_zone": "us-east-1b"}}]},
+                 "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'p5en.48xlarge' is not "
+                 "allowed: a type offered in the group's zone us-east-1b (the pinned table offers p5en.48xlarge in "
+                 "us-east-1a, us-east-1c)",
+                 id="type-not-offered-in-the-group-zone"),
     pytest.param({"rebalancer": {"mode": "enforcing"}},
                  "crossfleet config: rebalancer.mode = 'enforcing' is not allowed: one of observe, enforce",
                  id="bad-mode"),

@@ -25,7 +25,10 @@ FIELD_HELP = {
     "accelerator_cluster.fallback_instance_types": "more accelerated types tried after those",
     "accelerator_cluster.min_size": "smallest GPU fleet (0: scales to zero when idle)",
     "accelerator_cluster.max_size": "largest GPU fleet",
-    "accelerator_cluster.placement_group": "cluster placement group (the group then uses the first AZ only)",
+    "accelerator_cluster.placement_group": "cluster placement group in one AZ; default on only for a one-type "
+                                           "EFA group, never with a Capacity Block or several types",
+    "accelerator_cluster.availability_zone": "the group's one AZ (required with a reservation or block: its AZ); "
+                                             "unset: every configured AZ offering all its types",
     "accelerator_cluster.efa": "EFA network interface",
     "accelerator_cluster.spot": "Spot above base instead of On-Demand",
     "accelerator_cluster.capacity_reservation_id": "target an On-Demand Capacity Reservation (one type, no fallbacks)",

@@ -5,7 +5,7 @@ checked against the offerings table, sizes, markets and reservations.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from crossfleet.config import parsing as p
@@ -27,7 +27,8 @@ ACCELERATOR_DEFAULT_TYPES = {
 GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_size",
                  "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib")
 ACCELERATOR_KEYS = ("kind", "instance_types", "fallback_instance_types", "min_size", "max_size", "placement_group",
-                    "efa", "spot", "capacity_reservation_id", "capacity_block_id", "root_volume_gib")
+                    "efa", "spot", "capacity_reservation_id", "capacity_block_id", "root_volume_gib",
+                    "availability_zone")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class AcceleratorClusterConfig:
     capacity_reservation_id: str | None
     capacity_block_id: str | None
     root_volume_gib: int
+    availability_zone: str | None = None
+    # Derived, not a key: the AZs the group launches in. One when pinned (placement group, reservation, block or
+    # availability_zone), else every configured AZ where the pinned table offers all of the group's types.
+    zones: tuple[str, ...] = field(default=(), metadata={"derived": True})
 
     @property
     def all_instance_types(self) -> tuple[str, ...]:
@@ -159,7 +164,8 @@ def parse_graviton_fleet(s: Mapping[str, Any], path: str, region: str) -> Gravit
     )
 
 
-def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str) -> AcceleratorClusterConfig:
+def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str,
+                              region_zones: tuple[str, ...] = ()) -> AcceleratorClusterConfig:
     kind = p.choice(s, path, "kind", "nvidia", ACCELERATOR_KINDS)
     default_types, default_fallbacks = ACCELERATOR_DEFAULT_TYPES[kind]
     types = p.string_list(s, path, "instance_types", default_types)
@@ -188,13 +194,79 @@ def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str) -> A
     efa = p.boolean(s, path, "efa", False)
     if efa:
         _check_efa(types, fallbacks, path, kind)
+    group_types = types + fallbacks
+    placement_group = _placement_group(s, path, efa=efa, block=block, group_types=group_types)
+    zones = _group_zones(s, path, region, region_zones or (f"{region}a",), types, fallbacks,
+                         pinned=placement_group or bool(reservation or block),
+                         reservation=bool(reservation or block))
     return AcceleratorClusterConfig(
         kind=kind, instance_types=types, fallback_instance_types=fallbacks, min_size=min_size,
-        max_size=max_size, placement_group=p.boolean(s, path, "placement_group", True),
+        max_size=max_size, placement_group=placement_group,
         efa=efa, spot=spot, capacity_reservation_id=reservation,
         capacity_block_id=block,
         root_volume_gib=p.integer(s, path, "root_volume_gib", 200, minimum=75, maximum=16384),
+        availability_zone=s.get("availability_zone"), zones=zones,
     )
+
+
+def _placement_group(s: Mapping[str, Any], path: str, *, efa: bool, block: str | None,
+                     group_types: tuple[str, ...]) -> bool:
+    """A cluster placement group only where AWS's rules leave it useful.
+
+    Default: on for a one-type EFA group (EFA's low-latency traffic is what a cluster placement group is for),
+    off otherwise: crossfleet's jobs are single-instance, and a cluster placement group lives in one AZ and raises
+    the chance of insufficient-capacity errors (EC2 User Guide, "Placement strategies for your placement groups",
+    cluster). Trade-off: off spreads the group over AZs and types for obtainability; on packs a multi-node job
+    onto one network spine.
+    """
+    where = p.join(path, "placement_group")
+    wanted = p.boolean(s, path, "placement_group", efa and not block and len(group_types) == 1)
+    if wanted and block:
+        # EC2 API reference, "CapacityBlock": a block's instances are placed together in an EC2 UltraCluster.
+        raise ConfigError(where, wanted, "false with a capacity block (EC2 places a block's instances together "
+                                         "in an UltraCluster)")
+    if wanted and len(group_types) > 1:
+        # EC2 User Guide, "Placement strategies" (cluster): AWS recommends one instance type per cluster
+        # placement group; a mixed group breaks that on every fallback launch.
+        raise ConfigError(where, wanted, "false unless the group has one instance type (AWS recommends one type "
+                                         f"per cluster placement group; this group has {', '.join(group_types)})")
+    return wanted
+
+
+def _group_zones(s: Mapping[str, Any], path: str, region: str, region_zones: tuple[str, ...],
+                 types: tuple[str, ...], fallbacks: tuple[str, ...], *, pinned: bool,
+                 reservation: bool) -> tuple[str, ...]:
+    """The group's AZs, each offering every one of its types in the pinned table.
+
+    A capacity reservation or block launches only in its own AZ (EC2 User Guide, "Launch instances using Capacity
+    Blocks": "can't launch in a subnet in a different Availability Zone"), so its AZ must be named; a placement
+    group is one AZ (the named one, else the first configured).
+    """
+    where = p.join(path, "availability_zone")
+    named = s.get("availability_zone")
+    if named is not None and named not in region_zones:
+        raise ConfigError(where, named, f"one of the region's availability_zones ({', '.join(region_zones)})")
+    if reservation and named is None:
+        raise ConfigError(where, named, "the reservation's availability zone in your account, one of "
+                                        f"{', '.join(region_zones)} (a reservation or block launches only there)")
+    table = offerings()
+    if pinned or named is not None:
+        zone = named or region_zones[0]
+        for key, names in (("instance_types", types), ("fallback_instance_types", fallbacks)):
+            for i, name in enumerate(names):
+                offered = table[name].zones_in(region)
+                if offered and zone not in offered:
+                    raise ConfigError(p.join(p.join(path, key), i), name,
+                                      f"a type offered in the group's zone {zone} (the pinned table offers {name} "
+                                      f"in {', '.join(offered)})")
+        return (zone,)
+    # A type with no per-AZ data in the table counts as offered everywhere (nothing to check it against).
+    zones = tuple(z for z in region_zones
+                  if all(not table[t].zones_in(region) or z in table[t].zones_in(region) for t in types + fallbacks))
+    if not zones:
+        raise ConfigError(p.join(path, "instance_types"), list(types + fallbacks),
+                          f"types offered together in one of {', '.join(region_zones)} (per the pinned table)")
+    return zones
 
 
 def _check_efa(types: tuple[str, ...], fallbacks: tuple[str, ...], path: str, kind: str) -> None:

@@ -157,5 +157,6 @@ def _region(entry: Any, path: str, graviton_defaults: Mapping[str, Any],
         region=region,
         availability_zones=azs,
         graviton_fleet=parse_graviton_fleet(graviton_raw, p.join(path, "graviton_fleet"), region),
-        accelerator_cluster=parse_accelerator_cluster(accel_raw, p.join(path, "accelerator_cluster"), region),
+        accelerator_cluster=parse_accelerator_cluster(accel_raw, p.join(path, "accelerator_cluster"), region,
+                                                      azs),
     )

@@ -20,9 +20,10 @@ POOL = "gpu"
 class AcceleratorCluster(Construct):
     """GPU/Neuron ASG with a cluster placement group, optional EFA and optional reservation targeting.
 
-    A cluster placement group lives in one AZ, so with it on the group uses the region's first AZ only.
-    Targeting an On-Demand Capacity Reservation or a Capacity Block pins the group to the reservation's one
-    instance type; otherwise a mixed-instances policy lists the types in priority order.
+    A cluster placement group, a capacity reservation and a Capacity Block each live in one AZ, so the group
+    then uses that AZ only (config `availability_zone`). Targeting an On-Demand Capacity Reservation or a
+    Capacity Block pins the group to the reservation's one instance type; otherwise a mixed-instances policy
+    lists the types in priority order.
     """
 
     group: autoscaling.AutoScalingGroup
@@ -30,7 +31,7 @@ class AcceleratorCluster(Construct):
     placement_group: ec2.PlacementGroup | None
 
     def __init__(self, scope: Construct, id_: str, *, config: AcceleratorClusterConfig, vpc: ec2.IVpc,
-                 subnet_group_name: str, availability_zones: tuple[str, ...], group_name: str,
+                 subnet_group_name: str, group_name: str,
                  user_data: ec2.UserData, lifecycle_hook_name: str, drain_seconds: int) -> None:
         super().__init__(scope, id_)
         self.placement_group = (ec2.PlacementGroup(self, "PlacementGroup",
@@ -47,10 +48,9 @@ class AcceleratorCluster(Construct):
         )
         self._apply_launch_options(config)
 
-        subnets = ec2.SubnetSelection(
-            subnet_group_name=subnet_group_name,
-            availability_zones=[availability_zones[0]] if config.placement_group else None,
-        )
+        # The config chose the AZs: the reservation's or the placement group's one, else every configured AZ where
+        # the pinned offerings table has all of the group's types.
+        subnets = ec2.SubnetSelection(subnet_group_name=subnet_group_name, availability_zones=list(config.zones))
         common = dict(auto_scaling_group_name=group_name, vpc=vpc, vpc_subnets=subnets,
                       min_capacity=config.min_size, max_capacity=config.max_size,
                       # In-service and pending counts for the dashboards (free for one-minute group metrics).
