@@ -55,6 +55,8 @@ class RegionStack(Stack):
         self.worker_asset = worker_asset(self)
 
         worker = config.worker
+        # Each pool's scale-in hook timeout, which the worker's drain must fit in (shorter in a Capacity Block).
+        drain = {"cpu": worker.drain_seconds, "gpu": region.accelerator_cluster.drain_seconds(worker.drain_seconds)}
         user_data = {pool: worker_user_data(asset=self.worker_asset, settings={
             "deployment": deployment, "region": name, "pool": pool,
             "queue_url": self.queues.pools[pool].queue.queue_url,
@@ -64,6 +66,7 @@ class RegionStack(Stack):
             "concurrency": worker.cpu_concurrency if pool == "cpu" else worker.gpu_concurrency,
             "visibility_seconds": config.queues.visibility_timeout_seconds,
             "heartbeat_seconds": worker.heartbeat_seconds, "max_attempts": worker.max_attempts,
+            "drain_seconds": drain[pool],
             "runner": worker.cpu_runner if pool == "cpu" else worker.gpu_runner,
         }) for pool in POOLS}
         realtime = config.realtime
@@ -76,11 +79,11 @@ class RegionStack(Stack):
         self.graviton_fleet = GravitonFleet(
             self, "GravitonFleet", config=region.graviton_fleet, vpc=self.network.vpc,
             subnets=self.network.instance_subnets, group_name=group_names["cpu"], user_data=user_data["cpu"],
-            lifecycle_hook_name=hook_names["cpu"], drain_seconds=worker.drain_seconds)
+            lifecycle_hook_name=hook_names["cpu"], drain_seconds=drain["cpu"])
         self.accelerator_cluster = AcceleratorCluster(
             self, "AcceleratorCluster", config=region.accelerator_cluster, vpc=self.network.vpc,
             subnet_group_name="instances", group_name=group_names["gpu"], user_data=user_data["gpu"],
-            lifecycle_hook_name=hook_names["gpu"], drain_seconds=worker.drain_seconds)
+            lifecycle_hook_name=hook_names["gpu"], drain_seconds=drain["gpu"])
         graviton, accelerators = region.graviton_fleet, region.accelerator_cluster
         pinned = accelerators.reservation_id is not None  # a reservation or block: one type, no Spot
         pool_groups = {

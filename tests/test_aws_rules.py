@@ -6,6 +6,7 @@ The variants are the synth matrix's own (synthesized once per session, shared wi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.cdk_helpers import asg_for_pool, launch_template_of, resources_of_type
@@ -79,3 +80,22 @@ def test_gpu_group_uses_only_zones_where_every_type_is_offered(default_app):
     group = asg_for_pool(template, "gpu")
     assert resources_of_type(template, "AWS::EC2::PlacementGroup") == {}
     assert _subnet_zones(template, group) == ["us-east-1a", "us-east-1c"]
+
+
+def test_capacity_block_drain_fits_between_the_expiration_warning_and_termination():
+    """EC2 User Guide, "Monitor Capacity Blocks using EventBridge": the expiration warning comes 40 minutes before
+    the block ends and says its instances begin to terminate in 10 minutes. The GPU group's scale-in hook, and
+    the worker's drain inside it, must end within those 600 s, with room for the event, the capacity-events
+    Lambda's scale-in and the completion call."""
+    template = synthesized("capacity-block").template_json("us-west-2")
+    group = asg_for_pool(template, "gpu")
+    hooks = [r["Properties"] for r in resources_of_type(template, "AWS::AutoScaling::LifecycleHook").values()
+             if r["Properties"]["AutoScalingGroupName"] == {"Ref": _logical_id(template, group)}]
+    assert [h["HeartbeatTimeout"] for h in hooks] == [480]
+    user_data = json.dumps(launch_template_of(template, group)["Properties"]["LaunchTemplateData"]["UserData"])
+    assert '\\\\\\"drain_seconds\\\\\\":480' in user_data or '\\"drain_seconds\\":480' in user_data, \
+        "the worker drains within the hook"
+
+
+def _logical_id(template: dict[str, Any], resource: dict[str, Any]) -> str:
+    return next(k for k, v in template["Resources"].items() if v is resource)

@@ -52,7 +52,8 @@ FIELD_HELP = {
     "worker.gpu_concurrency": "jobs a GPU worker runs at once",
     "worker.max_attempts": "tries before a job is dead-lettered with its reason",
     "worker.heartbeat_seconds": "how often a running job's lease is renewed",
-    "worker.drain_seconds": "how long scale-in waits for running jobs (lifecycle hook timeout)",
+    "worker.drain_seconds": "how long scale-in waits for running jobs (lifecycle hook timeout; at most 480 in a "
+                            "Capacity Block group)",
     "monitoring.alarm_emails": "addresses subscribed to the alarm topic",
     "monitoring.oldest_job_alarm_seconds": "a queued job older than this pages",
     "monitoring.shortage_alarm_minutes": "failed launches this many minutes in a row page",

@@ -24,6 +24,13 @@ ACCELERATOR_DEFAULT_TYPES = {
     "neuron": (("inf2.48xlarge",), ("inf2.24xlarge", "trn1.32xlarge")),
 }
 
+# EC2 User Guide, "Monitor Capacity Blocks using EventBridge": the expiration warning comes 40 minutes before the
+# block ends and its instances begin to terminate 10 minutes later (600 s). A block group's drain gets 480 s of
+# them; the other 120 s are an estimate (not measured) for the event's delivery, the capacity-events Lambda's
+# scale-in and the lifecycle completion. Trade-off: a job needing more than ~7.5 minutes to finish is requeued,
+# not finished, when a block ends.
+CAPACITY_BLOCK_DRAIN_SECONDS = 480
+
 GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_size",
                  "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib")
 ACCELERATOR_KEYS = ("kind", "instance_types", "fallback_instance_types", "min_size", "max_size", "placement_group",
@@ -75,6 +82,10 @@ class AcceleratorClusterConfig:
     @property
     def reservation_id(self) -> str | None:
         return self.capacity_block_id or self.capacity_reservation_id
+
+    def drain_seconds(self, configured: int) -> int:
+        """The scale-in hook's timeout: the worker's configured drain, capped inside a Capacity Block's window."""
+        return min(configured, CAPACITY_BLOCK_DRAIN_SECONDS) if self.capacity_block_id else configured
 
     @property
     def group_instance_types(self) -> tuple[str, ...]:
