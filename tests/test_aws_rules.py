@@ -99,3 +99,17 @@ def test_capacity_block_drain_fits_between_the_expiration_warning_and_terminatio
 
 def _logical_id(template: dict[str, Any], resource: dict[str, Any]) -> str:
     return next(k for k, v in template["Resources"].items() if v is resource)
+
+
+def test_spot_follows_the_priority_order_only_when_asked():
+    """EC2 Auto Scaling API reference, "InstancesDistribution": price-capacity-optimized picks Spot pools by price
+    and capacity and ignores the overrides' order; capacity-optimized-prioritized honours it on a best-effort basis
+    (capacity first). On-Demand follows the order with the prioritized strategy either way."""
+    from tests.cdk_helpers import synthesize
+
+    app = synthesize({"regions": ["us-east-2"],
+                      "graviton_fleet": {"spot_allocation_strategy": "capacity-optimized-prioritized"}}, nag=False)
+    distribution = asg_for_pool(app.template_json("us-east-2"), "cpu")["Properties"]["MixedInstancesPolicy"][
+        "InstancesDistribution"]
+    assert distribution["SpotAllocationStrategy"] == "capacity-optimized-prioritized"
+    assert distribution["OnDemandAllocationStrategy"] == "prioritized"

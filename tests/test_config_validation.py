@@ -71,7 +71,8 @@ BAD_INPUTS = [
     pytest.param({"graviton_fleet": {"instance_typs": ["m9g.4xlarge"]}},
                  "crossfleet config: graviton_fleet.instance_typs = ['m9g.4xlarge'] is not allowed: unknown key; "
                  "did you mean 'instance_types'? known keys: instance_types, fallback_instance_types, min_size, "
-                 "max_size, on_demand_base_capacity, on_demand_percentage_above_base, root_volume_gib",
+                 "max_size, on_demand_base_capacity, on_demand_percentage_above_base, root_volume_gib, "
+                 "spot_allocation_strategy",
                  id="unknown-key-did-you-mean"),
     pytest.param({"regoins": ["us-east-1"]},
                  "crossfleet config: regoins = ['us-east-1'] is not allowed: unknown key; did you mean 'regions'? "
@@ -132,6 +133,10 @@ BAD_INPUTS = [
                  "allowed: a type offered in the group's zone us-east-1b (the pinned table offers p5en.48xlarge in "
                  "us-east-1a, us-east-1c)",
                  id="type-not-offered-in-the-group-zone"),
+    pytest.param({"graviton_fleet": {"spot_allocation_strategy": "lowest-price"}},
+                 "crossfleet config: regions[0].graviton_fleet.spot_allocation_strategy = 'lowest-price' is not "
+                 "allowed: one of price-capacity-optimized, capacity-optimized-prioritized",
+                 id="spot-strategy"),
     pytest.param({"rebalancer": {"mode": "enforcing"}},
                  "crossfleet config: rebalancer.mode = 'enforcing' is not allowed: one of observe, enforce",
                  id="bad-mode"),

@@ -20,6 +20,8 @@ FIELD_HELP = {
     "graviton_fleet.on_demand_base_capacity": "instances always On-Demand; Spot above this",
     "graviton_fleet.on_demand_percentage_above_base": "share of On-Demand above the base (0 = all Spot)",
     "graviton_fleet.root_volume_gib": "encrypted gp3 root volume size",
+    "graviton_fleet.spot_allocation_strategy": "price-capacity-optimized (ignores the type order) or "
+                                               "capacity-optimized-prioritized (follows it, best effort)",
     "accelerator_cluster.kind": "nvidia (Deep Learning AMI) or neuron (Neuron AMI)",
     "accelerator_cluster.instance_types": "accelerated types in priority order",
     "accelerator_cluster.fallback_instance_types": "more accelerated types tried after those",

@@ -32,7 +32,14 @@ ACCELERATOR_DEFAULT_TYPES = {
 CAPACITY_BLOCK_DRAIN_SECONDS = 480
 
 GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_size",
-                 "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib")
+                 "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib",
+                 "spot_allocation_strategy")
+# EC2 Auto Scaling API reference, "InstancesDistribution" (SpotAllocationStrategy): price-capacity-optimized (AWS's
+# recommendation) picks the Spot pools least likely to be interrupted at the lowest price and ignores the
+# overrides' order; capacity-optimized-prioritized honours the order on a best-effort basis, capacity first.
+# Default price-capacity-optimized: cheaper, fewer interruptions; Graviton5-first then holds for On-Demand only
+# (OnDemandAllocationStrategy prioritized). Choose capacity-optimized-prioritized where the order matters more.
+SPOT_ALLOCATION_STRATEGIES = ("price-capacity-optimized", "capacity-optimized-prioritized")
 ACCELERATOR_KEYS = ("kind", "instance_types", "fallback_instance_types", "min_size", "max_size", "placement_group",
                     "efa", "spot", "capacity_reservation_id", "capacity_block_id", "root_volume_gib",
                     "availability_zone")
@@ -47,6 +54,7 @@ class GravitonFleetConfig:
     on_demand_base_capacity: int
     on_demand_percentage_above_base: int
     root_volume_gib: int
+    spot_allocation_strategy: str = SPOT_ALLOCATION_STRATEGIES[0]
 
     @property
     def all_instance_types(self) -> tuple[str, ...]:
@@ -172,6 +180,8 @@ def parse_graviton_fleet(s: Mapping[str, Any], path: str, region: str) -> Gravit
         on_demand_base_capacity=base,
         on_demand_percentage_above_base=p.integer(s, path, "on_demand_percentage_above_base", 0, maximum=100),
         root_volume_gib=p.integer(s, path, "root_volume_gib", 50, minimum=20, maximum=16384),
+        spot_allocation_strategy=p.choice(s, path, "spot_allocation_strategy", SPOT_ALLOCATION_STRATEGIES[0],
+                                          SPOT_ALLOCATION_STRATEGIES),
     )
 
 
