@@ -113,3 +113,29 @@ def test_spot_follows_the_priority_order_only_when_asked():
         "InstancesDistribution"]
     assert distribution["SpotAllocationStrategy"] == "capacity-optimized-prioritized"
     assert distribution["OnDemandAllocationStrategy"] == "prioritized"
+
+
+def test_realtime_targets_drain_as_long_as_a_stream_may_last():
+    """Elastic Load Balancing, "Target groups for your Application Load Balancers" (Deregistration delay): a
+    deregistering target gets no new requests and its in-flight ones have until the delay ends; a target with none
+    is released at once. A generation may stream as long as the listener's idle timeout (900 s), and Auto Scaling
+    deregisters a terminating instance before its termination hook, so a 60 s delay cut long streams on scale-in."""
+    template = synthesized("realtime").template_json("us-east-1")
+    (balancer,) = resources_of_type(template, "AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+    idle = next(int(a["Value"]) for a in balancer["Properties"]["LoadBalancerAttributes"]
+                if a["Key"] == "idle_timeout.timeout_seconds")
+    for group in resources_of_type(template, "AWS::ElasticLoadBalancingV2::TargetGroup").values():
+        delay = next(int(a["Value"]) for a in group["Properties"]["TargetGroupAttributes"]
+                     if a["Key"] == "deregistration_delay.timeout_seconds")
+        assert delay >= idle
+
+
+def test_a_block_group_behind_the_endpoint_splits_the_block_window_between_deregistration_and_drain():
+    from crossfleet.config import parse_config
+    from crossfleet.config.fleets import CAPACITY_BLOCK_DRAIN_SECONDS
+
+    block = parse_config({"regions": [{"region": "us-west-2", "accelerator_cluster": {
+        "instance_types": ["p5.48xlarge"], "fallback_instance_types": [], "capacity_block_id": "cr-0123456789abcdef0",
+        "availability_zone": "us-west-2a"}}]}).regions[0].accelerator_cluster
+    deregistration, drain = block.stream_deregistration_seconds(900), block.drain_seconds(900, load_balanced=True)
+    assert deregistration + drain <= CAPACITY_BLOCK_DRAIN_SECONDS

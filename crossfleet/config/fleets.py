@@ -91,9 +91,20 @@ class AcceleratorClusterConfig:
     def reservation_id(self) -> str | None:
         return self.capacity_block_id or self.capacity_reservation_id
 
-    def drain_seconds(self, configured: int) -> int:
-        """The scale-in hook's timeout: the worker's configured drain, capped inside a Capacity Block's window."""
-        return min(configured, CAPACITY_BLOCK_DRAIN_SECONDS) if self.capacity_block_id else configured
+    def drain_seconds(self, configured: int, *, load_balanced: bool = False) -> int:
+        """The scale-in hook's timeout: the worker's configured drain, capped inside a Capacity Block's window.
+
+        Behind the real-time endpoint Auto Scaling first waits for the target's deregistration, then the hook, so
+        in a block the two share the window (half each)."""
+        if not self.capacity_block_id:
+            return configured
+        budget = CAPACITY_BLOCK_DRAIN_SECONDS // 2 if load_balanced else CAPACITY_BLOCK_DRAIN_SECONDS
+        return min(configured, budget)
+
+    def stream_deregistration_seconds(self, stream_seconds: int) -> int:
+        """The GPU target group's deregistration delay: as long as a stream may last, or in a block its half of
+        the window (a longer stream is cut when the block ends anyway)."""
+        return min(stream_seconds, CAPACITY_BLOCK_DRAIN_SECONDS // 2) if self.capacity_block_id else stream_seconds
 
     @property
     def group_instance_types(self) -> tuple[str, ...]:
