@@ -139,3 +139,16 @@ def test_a_block_group_behind_the_endpoint_splits_the_block_window_between_dereg
         "availability_zone": "us-west-2a"}}]}).regions[0].accelerator_cluster
     deregistration, drain = block.stream_deregistration_seconds(900), block.drain_seconds(900, load_balanced=True)
     assert deregistration + drain <= CAPACITY_BLOCK_DRAIN_SECONDS
+
+
+def test_every_dead_letter_queue_outlives_its_source_queue(default_app):
+    """Amazon SQS Developer Guide, "Setting-up dead-letter queue retention in Amazon SQS": a standard queue's
+    message keeps its original enqueue timestamp in the DLQ, so the DLQ's retention must be longer than the
+    source queue's or a redriven message expires early."""
+    template = default_app.template_json("us-east-1")
+    queues = resources_of_type(template, "AWS::SQS::Queue")
+    sources = {k: q for k, q in queues.items() if "RedrivePolicy" in q["Properties"]}
+    assert sources
+    for logical_id, queue in sources.items():
+        dlq = queues[queue["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]]
+        assert queue["Properties"]["MessageRetentionPeriod"] < dlq["Properties"]["MessageRetentionPeriod"], logical_id

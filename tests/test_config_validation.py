@@ -137,6 +137,17 @@ BAD_INPUTS = [
                  "crossfleet config: regions[0].graviton_fleet.spot_allocation_strategy = 'lowest-price' is not "
                  "allowed: one of price-capacity-optimized, capacity-optimized-prioritized",
                  id="spot-strategy"),
+    pytest.param({"account": "123456789012", "regions": ["us-west-1"],
+                  "graviton_fleet": {"instance_types": ["m8g.16xlarge"], "fallback_instance_types": []},
+                  "accelerator_cluster": {"instance_types": ["p5.48xlarge"], "fallback_instance_types": []}},
+                 "crossfleet config: regions[0].availability_zones = None is not allowed: your account's AZ names "
+                 "in us-west-1 (aws ec2 describe-availability-zones --region us-west-1), required when account is "
+                 "set: AZ names map to different zones in each account and not every account has us-west-1a",
+                 id="account-without-its-az-names"),
+    pytest.param({"queues": {"retention_days": 14}},
+                 "crossfleet config: queues.retention_days = 14 is not allowed: a whole number at least 1 and at "
+                 "most 13",
+                 id="queue-retention-leaves-room-for-the-dlq"),
     pytest.param({"rebalancer": {"mode": "enforcing"}},
                  "crossfleet config: rebalancer.mode = 'enforcing' is not allowed: one of observe, enforce",
                  id="bad-mode"),

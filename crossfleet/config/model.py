@@ -106,7 +106,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
         raise ConfigError("regions", raw_regions, f"at least one of {', '.join(US_REGIONS)}")
     regions: list[RegionConfig] = []
     for index, entry in enumerate(raw_regions):
-        region = _region(entry, f"regions[{index}]", graviton_defaults, accel_defaults)
+        region = _region(entry, f"regions[{index}]", graviton_defaults, accel_defaults, account)
         if any(r.region == region.region for r in regions):
             raise ConfigError(f"regions[{index}]", region.region, "each region once (it is listed twice)")
         regions.append(region)
@@ -135,7 +135,7 @@ def _name(raw: Mapping[str, Any], key: str, default: str) -> str:
 
 
 def _region(entry: Any, path: str, graviton_defaults: Mapping[str, Any],
-            accel_defaults: Mapping[str, Any]) -> RegionConfig:
+            accel_defaults: Mapping[str, Any], account: str | None = None) -> RegionConfig:
     if isinstance(entry, str):
         entry = {"region": entry}
     s = p.section(entry, path, _REGION_KEYS)
@@ -143,6 +143,14 @@ def _region(entry: Any, path: str, graviton_defaults: Mapping[str, Any],
     if region not in US_REGIONS:
         raise ConfigError(p.join(path, "region"), region,
                           f"a US region: one of {', '.join(US_REGIONS)} (crossfleet keeps compute in US regions)")
+    if account is not None and "availability_zones" not in s:
+        # EC2 User Guide, "Availability Zones": a name like us-west-1a maps to a different physical zone in each
+        # account (AZ IDs are the same across accounts), and some accounts have no us-west-1a. The defaults are
+        # for synth without an account; a deployment to a named account states its own names.
+        raise ConfigError(p.join(path, "availability_zones"), None,
+                          f"your account's AZ names in {region} (aws ec2 describe-availability-zones --region "
+                          f"{region}), required when account is set: AZ names map to different zones in each "
+                          f"account and not every account has {DEFAULT_AZS[region][0]}")
     azs = p.string_list(s, path, "availability_zones", DEFAULT_AZS[region])
     for i, az in enumerate(azs):
         if not re.fullmatch(re.escape(region) + r"[a-z]", az):
