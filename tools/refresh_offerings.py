@@ -9,7 +9,7 @@ review the diff. With an AWS account, compare against
 availability-zone` for the per-AZ lists).
 
 Per-AZ lists (`zones`) are by AZ *name* as moto recorded them in one account. AZ names map to different physical
-zones in each account (EC2 User Guide, "Availability Zones": "AZ IDs ... are the same across accounts"), so they
+zones in each account (EC2 documentation on AZ IDs: IDs are the same across accounts, names are not), so they
 show that a type is offered in only some of a region's zones, not which of *your* zones: compare with your own
 account before relying on a name.
 """

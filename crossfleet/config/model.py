@@ -144,7 +144,7 @@ def _region(entry: Any, path: str, graviton_defaults: Mapping[str, Any],
         raise ConfigError(p.join(path, "region"), region,
                           f"a US region: one of {', '.join(US_REGIONS)} (crossfleet keeps compute in US regions)")
     if account is not None and "availability_zones" not in s:
-        # EC2 User Guide, "Availability Zones": a name like us-west-1a maps to a different physical zone in each
+        # EC2 documentation on AZ IDs: a name like us-west-1a maps to a different physical zone in each
         # account (AZ IDs are the same across accounts), and some accounts have no us-west-1a. The defaults are
         # for synth without an account; a deployment to a named account states its own names.
         raise ConfigError(p.join(path, "availability_zones"), None,
