@@ -109,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
 
     local = commands.add_parser("local", help="the whole system on this machine, in moto's server on loopback")
-    local_commands = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
+    local_commands = local.add_subparsers(dest="local_command", required=True, metavar="ACTION",
+                                          help="up, demo or down")
     for name, text in (("up", "deploy your config into moto's server and keep it running with the router, the "
                               "rebalancer and worker agents in this process (Ctrl-C or `crossfleet local down` "
                               "stops it)"),

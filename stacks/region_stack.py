@@ -16,7 +16,7 @@ from stacks.constructs.graviton_fleet import GravitonFleet
 from stacks.constructs.intake_router import IntakeRouter
 from stacks.constructs.monitoring import Monitoring, PoolView, global_widgets
 from stacks.constructs.network import Network
-from stacks.constructs.realtime_endpoint import RealtimeEndpoint, model_server_commands
+from stacks.constructs.realtime_endpoint import STREAM_SECONDS, RealtimeEndpoint, model_server_commands
 from stacks.constructs.rebalancer import DEPLOYMENT_TAG, PeerNames, PoolGroup, Rebalancer
 from stacks.constructs.results_bucket import ResultsBucket
 from stacks.constructs.state_table import StateTable
@@ -55,6 +55,10 @@ class RegionStack(Stack):
         self.worker_asset = worker_asset(self)
 
         worker = config.worker
+        # Each pool's scale-in hook timeout, which the worker's drain must fit in (shorter in a Capacity Block).
+        realtime = config.realtime
+        drain = {"cpu": worker.drain_seconds,
+                 "gpu": region.accelerator_cluster.drain_seconds(worker.drain_seconds, load_balanced=realtime.enabled)}
         user_data = {pool: worker_user_data(asset=self.worker_asset, settings={
             "deployment": deployment, "region": name, "pool": pool,
             "queue_url": self.queues.pools[pool].queue.queue_url,
@@ -64,9 +68,9 @@ class RegionStack(Stack):
             "concurrency": worker.cpu_concurrency if pool == "cpu" else worker.gpu_concurrency,
             "visibility_seconds": config.queues.visibility_timeout_seconds,
             "heartbeat_seconds": worker.heartbeat_seconds, "max_attempts": worker.max_attempts,
+            "drain_seconds": drain[pool],
             "runner": worker.cpu_runner if pool == "cpu" else worker.gpu_runner,
         }) for pool in POOLS}
-        realtime = config.realtime
         servers = {"cpu": realtime.cpu_server, "gpu": realtime.gpu_server}
         if realtime.enabled:
             # Each instance runs its pool's model server: the endpoint's targets and the worker's http runner.
@@ -76,12 +80,11 @@ class RegionStack(Stack):
         self.graviton_fleet = GravitonFleet(
             self, "GravitonFleet", config=region.graviton_fleet, vpc=self.network.vpc,
             subnets=self.network.instance_subnets, group_name=group_names["cpu"], user_data=user_data["cpu"],
-            lifecycle_hook_name=hook_names["cpu"], drain_seconds=worker.drain_seconds)
+            lifecycle_hook_name=hook_names["cpu"], drain_seconds=drain["cpu"])
         self.accelerator_cluster = AcceleratorCluster(
             self, "AcceleratorCluster", config=region.accelerator_cluster, vpc=self.network.vpc,
-            subnet_group_name="instances", availability_zones=region.availability_zones,
-            group_name=group_names["gpu"], user_data=user_data["gpu"], lifecycle_hook_name=hook_names["gpu"],
-            drain_seconds=worker.drain_seconds)
+            subnet_group_name="instances", group_name=group_names["gpu"], user_data=user_data["gpu"],
+            lifecycle_hook_name=hook_names["gpu"], drain_seconds=drain["gpu"])
         graviton, accelerators = region.graviton_fleet, region.accelerator_cluster
         pinned = accelerators.reservation_id is not None  # a reservation or block: one type, no Spot
         pool_groups = {
@@ -104,7 +107,10 @@ class RegionStack(Stack):
                 instance_security_groups={"cpu": self.graviton_fleet.instances.security_group,
                                           "gpu": self.accelerator_cluster.instances.security_group},
                 servers=servers, retain_on_delete=config.state.retain_on_delete,
-                server_access_logs=self.results.access_logs, vpc_cidr=config.network.cidr)
+                server_access_logs=self.results.access_logs, vpc_cidr=config.network.cidr,
+                deregistration_seconds={
+                    "cpu": STREAM_SECONDS,
+                    "gpu": region.accelerator_cluster.stream_deregistration_seconds(STREAM_SECONDS)})
         peers = tuple(PeerNames(r.region, pool_queue_name(deployment, r.region, "gpu"),
                                 state_table_name(deployment, r.region)) for r in config.regions if r.region != name)
         self.rebalancer = Rebalancer(

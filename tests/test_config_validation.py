@@ -71,7 +71,8 @@ BAD_INPUTS = [
     pytest.param({"graviton_fleet": {"instance_typs": ["m9g.4xlarge"]}},
                  "crossfleet config: graviton_fleet.instance_typs = ['m9g.4xlarge'] is not allowed: unknown key; "
                  "did you mean 'instance_types'? known keys: instance_types, fallback_instance_types, min_size, "
-                 "max_size, on_demand_base_capacity, on_demand_percentage_above_base, root_volume_gib",
+                 "max_size, on_demand_base_capacity, on_demand_percentage_above_base, root_volume_gib, "
+                 "spot_allocation_strategy",
                  id="unknown-key-did-you-mean"),
     pytest.param({"regoins": ["us-east-1"]},
                  "crossfleet config: regoins = ['us-east-1'] is not allowed: unknown key; did you mean 'regions'? "
@@ -87,8 +88,12 @@ BAD_INPUTS = [
                  id="empty-region-list"),
     pytest.param({"regions": [{"region": "us-east-1", "availability_zones": ["us-east-2a"]}]},
                  "crossfleet config: regions[0].availability_zones[0] = 'us-east-2a' is not allowed: an "
-                 "availability zone of us-east-1, e.g. us-east-1a",
+                 "availability zone of us-east-1: us-east-1a to us-east-1f",
                  id="az-of-another-region"),
+    pytest.param({"regions": [{"region": "us-east-2", "availability_zones": ["us-east-2a", "us-east-2z"]}]},
+                 "crossfleet config: regions[0].availability_zones[1] = 'us-east-2z' is not allowed: an "
+                 "availability zone of us-east-2: us-east-2a to us-east-2c",
+                 id="az-letter-past-the-region"),
     pytest.param({"graviton_fleet": {"instance_types": ["m9g.42xlarge"]}},
                  "crossfleet config: regions[0].graviton_fleet.instance_types[0] = 'm9g.42xlarge' is not allowed: "
                  "did you mean m9g.4xlarge? an instance type in crossfleet's offerings table (arm64 CPU types such "
@@ -116,6 +121,47 @@ BAD_INPUTS = [
                  "crossfleet config: stage = 'Prod!' is not allowed: 2-20 characters: lowercase letters, digits "
                  "and '-', starting with a letter",
                  id="bad-stage-name"),
+    pytest.param({"regions": ["us-east-1"], "accelerator_cluster": {"kind": "neuron", "efa": True}},
+                 "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'inf2.48xlarge' is not "
+                 "allowed: a type with EFA while efa is true (inf2.48xlarge has no EFA; with EFA: trn1.32xlarge)",
+                 id="efa-on-a-type-without-efa"),
+    pytest.param({"regions": ["us-east-1"], "accelerator_cluster": {"placement_group": True}},
+                 "crossfleet config: regions[0].accelerator_cluster.placement_group = True is not allowed: false "
+                 "unless the group has one instance type (AWS recommends one type per cluster placement group; this "
+                 "group has p5.48xlarge, p5en.48xlarge, g6e.12xlarge)",
+                 id="placement-group-across-types"),
+    pytest.param({"regions": ["us-east-1"], "accelerator_cluster": {
+        "instance_types": ["p5.48xlarge"], "fallback_instance_types": [], "placement_group": True,
+        "capacity_block_id": "cr-0123456789abcdef0"}},
+                 "crossfleet config: regions[0].accelerator_cluster.placement_group = True is not allowed: false "
+                 "with a capacity block (EC2 places a block's instances together in an UltraCluster)",
+                 id="placement-group-with-capacity-block"),
+    pytest.param({"regions": [{"region": "us-east-1", "accelerator_cluster": {"availability_zone": "us-east-1d"}}]},
+                 "crossfleet config: regions[0].accelerator_cluster.availability_zone = 'us-east-1d' is not allowed: "
+                 "one of the region's availability_zones (us-east-1a, us-east-1b, us-east-1c)",
+                 id="group-zone-outside-the-vpc"),
+    pytest.param({"regions": [{"region": "us-east-1", "accelerator_cluster": {
+        "instance_types": ["p5en.48xlarge"], "fallback_instance_types": [], "efa": True,
+        "availability_zone": "us-east-1b"}}]},
+                 "crossfleet config: regions[0].accelerator_cluster.instance_types[0] = 'p5en.48xlarge' is not "
+                 "allowed: a type offered in the group's zone us-east-1b (the pinned table offers p5en.48xlarge in "
+                 "us-east-1a, us-east-1c)",
+                 id="type-not-offered-in-the-group-zone"),
+    pytest.param({"graviton_fleet": {"spot_allocation_strategy": "lowest-price"}},
+                 "crossfleet config: regions[0].graviton_fleet.spot_allocation_strategy = 'lowest-price' is not "
+                 "allowed: one of price-capacity-optimized, capacity-optimized-prioritized",
+                 id="spot-strategy"),
+    pytest.param({"account": "123456789012", "regions": ["us-west-1"],
+                  "graviton_fleet": {"instance_types": ["m8g.16xlarge"], "fallback_instance_types": []},
+                  "accelerator_cluster": {"instance_types": ["p5.48xlarge"], "fallback_instance_types": []}},
+                 "crossfleet config: regions[0].availability_zones = None is not allowed: your account's AZ names "
+                 "in us-west-1 (aws ec2 describe-availability-zones --region us-west-1), required when account is "
+                 "set: AZ names map to different zones in each account and not every account has us-west-1a",
+                 id="account-without-its-az-names"),
+    pytest.param({"queues": {"retention_days": 14}},
+                 "crossfleet config: queues.retention_days = 14 is not allowed: a whole number at least 1 and at "
+                 "most 13",
+                 id="queue-retention-leaves-room-for-the-dlq"),
     pytest.param({"rebalancer": {"mode": "enforcing"}},
                  "crossfleet config: rebalancer.mode = 'enforcing' is not allowed: one of observe, enforce",
                  id="bad-mode"),

@@ -16,7 +16,10 @@ MATRIX: dict[str, dict[str, Any] | None] = {
     "neuron": {"regions": ["us-east-1"], "accelerator_cluster": {"kind": "neuron"}},
     "capacity-block": {"regions": ["us-west-2"], "accelerator_cluster": {
         "instance_types": ["p5.48xlarge"], "fallback_instance_types": [], "efa": True,
-        "capacity_block_id": "cr-0123456789abcdef0"}},
+        "capacity_block_id": "cr-0123456789abcdef0", "availability_zone": "us-west-2a"}},
+    "capacity-block-other-zone": {"regions": [{"region": "us-west-2", "accelerator_cluster": {
+        "instance_types": ["p5.48xlarge"], "fallback_instance_types": [], "efa": True,
+        "capacity_block_id": "cr-0123456789abcdef1", "availability_zone": "us-west-2b"}}]},
     "custom-prefix": {"name": "aiplat", "stage": "prod", "regions": ["us-east-1", "us-west-1"],
                       "graviton_fleet": {"instance_types": ["m8g.4xlarge"], "fallback_instance_types": ["c8g.4xlarge"]},
                       "accelerator_cluster": {"instance_types": ["p5.48xlarge"], "fallback_instance_types": []}},
@@ -91,7 +94,7 @@ def test_matrix_variants_synthesize_what_they_ask_for():
     assert data["InstanceMarketOptions"] == {"MarketType": "capacity-block"}
     assert data["CapacityReservationSpecification"] == {
         "CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}}
-    assert data["NetworkInterfaces"][0]["InterfaceType"] == "efa"
+    assert {i["InterfaceType"] for i in data["NetworkInterfaces"]} == {"interface", "efa-only"}
 
     prefixed = synthesized("custom-prefix")
     assert {s.stack_name for s in prefixed.stacks.values()} == {"aiplat-prod-us-east-1", "aiplat-prod-us-west-1"}

@@ -49,7 +49,7 @@ def rows() -> list[str]:
     for prefix, value in sections:
         for field in dataclasses.fields(value):
             current = getattr(value, field.name)
-            if dataclasses.is_dataclass(current) or field.name == "regions":
+            if dataclasses.is_dataclass(current) or field.name == "regions" or field.metadata.get("derived"):
                 continue
             key = f"{prefix}.{field.name}" if prefix else field.name
             shown = json.dumps(list(current) if isinstance(current, tuple) else current)

@@ -5,7 +5,13 @@ offer (m9g or g6e in us-west-1, say) should fail at synth, not at launch. The ta
 region offerings and instance-type data that moto ships (itself recorded from EC2's
 DescribeInstanceTypeOfferings / DescribeInstanceTypes), so a refresh is: upgrade moto, run this script,
 review the diff. With an AWS account, compare against
-`aws ec2 describe-instance-type-offerings --region R --location-type region`.
+`aws ec2 describe-instance-type-offerings --region R --location-type region` (and `--location-type
+availability-zone` for the per-AZ lists).
+
+Per-AZ lists (`zones`) are by AZ *name* as moto recorded them in one account. AZ names map to different physical
+zones in each account (EC2 documentation on AZ IDs: IDs are the same across accounts, names are not), so they
+show that a type is offered in only some of a region's zones, not which of *your* zones: compare with your own
+account before relying on a name.
 """
 
 from __future__ import annotations
@@ -34,9 +40,14 @@ def _load_gz(relative: str) -> object:
 def main() -> None:
     types_data = _load_gz("instance_types.json.gz")
     by_region: dict[str, set[str]] = {}
+    by_zone: dict[str, dict[str, set[str]]] = {}  # region -> instance type -> AZ names
     for region in US_REGIONS:
         offered = _load_gz(f"instance_type_offerings/region/{region}.json.gz")
         by_region[region] = {o["InstanceType"] for o in offered}
+        zonal = _load_gz(f"instance_type_offerings/availability-zone/{region}.json.gz")
+        by_zone[region] = {}
+        for o in zonal:
+            by_zone[region].setdefault(o["InstanceType"], set()).add(o["Location"])
 
     table: dict[str, dict[str, object]] = {}
     for name, info in sorted(types_data.items()):
@@ -56,6 +67,7 @@ def main() -> None:
         else:
             accelerator, count = "none", 0
         regions = [r for r in US_REGIONS if name in by_region[r]]
+        network = info.get("NetworkInfo", {})
         table[name] = {
             "arch": "arm64" if "arm64" in archs else (archs[0] if archs else "unknown"),
             "vcpus": info.get("VCpuInfo", {}).get("DefaultVCpus", 0),
@@ -63,6 +75,10 @@ def main() -> None:
             "accelerator": accelerator,
             "accelerator_count": count,
             "regions": regions,
+            "zones": {r: sorted(by_zone[r].get(name, ())) for r in regions},
+            # EC2 DescribeInstanceTypes NetworkInfo.EfaInfo.MaximumEfaInterfaces; 0 = no EFA.
+            "efa_max_interfaces": (network.get("EfaInfo", {}).get("MaximumEfaInterfaces", 0)
+                                   if network.get("EfaSupported") else 0),
         }
     document = {
         "source": f"moto {metadata.version('moto')} EC2 instance type and region offering data",

@@ -46,7 +46,10 @@ def parse_queues(raw: Any) -> QueueConfig:
         visibility_timeout_seconds=p.integer(s, path, "visibility_timeout_seconds", 900, minimum=30,
                                              maximum=43200),
         max_receive_count=p.integer(s, path, "max_receive_count", 5, minimum=1, maximum=1000),
-        retention_days=p.integer(s, path, "retention_days", 14, minimum=1, maximum=14),
+        # The DLQs keep messages 14 days, SQS's maximum, and a standard queue's message keeps its enqueue time
+        # in the DLQ (SQS Developer Guide, "Setting-up dead-letter queue retention in Amazon SQS"), so a source
+        # queue keeps at most 13. Default 7: a week to be picked up, then at least a week in the DLQ to inspect.
+        retention_days=p.integer(s, path, "retention_days", 7, minimum=1, maximum=13),
     )
 
 

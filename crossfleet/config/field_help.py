@@ -20,12 +20,17 @@ FIELD_HELP = {
     "graviton_fleet.on_demand_base_capacity": "instances always On-Demand; Spot above this",
     "graviton_fleet.on_demand_percentage_above_base": "share of On-Demand above the base (0 = all Spot)",
     "graviton_fleet.root_volume_gib": "encrypted gp3 root volume size",
+    "graviton_fleet.spot_allocation_strategy": "price-capacity-optimized (ignores the type order) or "
+                                               "capacity-optimized-prioritized (follows it, best effort)",
     "accelerator_cluster.kind": "nvidia (Deep Learning AMI) or neuron (Neuron AMI)",
     "accelerator_cluster.instance_types": "accelerated types in priority order",
     "accelerator_cluster.fallback_instance_types": "more accelerated types tried after those",
     "accelerator_cluster.min_size": "smallest GPU fleet (0: scales to zero when idle)",
     "accelerator_cluster.max_size": "largest GPU fleet",
-    "accelerator_cluster.placement_group": "cluster placement group (the group then uses the first AZ only)",
+    "accelerator_cluster.placement_group": "cluster placement group in one AZ; default on only for a one-type "
+                                           "EFA group, never with a Capacity Block or several types",
+    "accelerator_cluster.availability_zone": "the group's one AZ (required with a reservation or block: its AZ); "
+                                             "unset: every configured AZ offering all its types",
     "accelerator_cluster.efa": "EFA network interface",
     "accelerator_cluster.spot": "Spot above base instead of On-Demand",
     "accelerator_cluster.capacity_reservation_id": "target an On-Demand Capacity Reservation (one type, no fallbacks)",
@@ -49,7 +54,8 @@ FIELD_HELP = {
     "worker.gpu_concurrency": "jobs a GPU worker runs at once",
     "worker.max_attempts": "tries before a job is dead-lettered with its reason",
     "worker.heartbeat_seconds": "how often a running job's lease is renewed",
-    "worker.drain_seconds": "how long scale-in waits for running jobs (lifecycle hook timeout)",
+    "worker.drain_seconds": "how long scale-in waits for running jobs (lifecycle hook timeout; at most 480 in a "
+                            "Capacity Block group)",
     "monitoring.alarm_emails": "addresses subscribed to the alarm topic",
     "monitoring.oldest_job_alarm_seconds": "a queued job older than this pages",
     "monitoring.shortage_alarm_minutes": "failed launches this many minutes in a row page",

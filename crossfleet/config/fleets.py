@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from crossfleet.config import parsing as p
@@ -25,10 +25,25 @@ ACCELERATOR_DEFAULT_TYPES = {
     "neuron": (("inf2.48xlarge",), ("inf2.24xlarge", "trn1.32xlarge")),
 }
 
+# EC2 User Guide, "Monitor Capacity Blocks using EventBridge": the expiration warning comes 40 minutes before the
+# block ends and its instances begin to terminate 10 minutes later (600 s). A block group's drain gets 480 s of
+# them; the other 120 s are an estimate (not measured) for the event's delivery, the capacity-events Lambda's
+# scale-in and the lifecycle completion. Trade-off: a job needing more than ~7.5 minutes to finish is requeued,
+# not finished, when a block ends.
+CAPACITY_BLOCK_DRAIN_SECONDS = 480
+
 GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_size",
-                 "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib")
+                 "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib",
+                 "spot_allocation_strategy")
+# EC2 Auto Scaling API reference, "InstancesDistribution" (SpotAllocationStrategy): price-capacity-optimized (AWS's
+# recommendation) picks the Spot pools least likely to be interrupted at the lowest price and ignores the
+# overrides' order; capacity-optimized-prioritized honours the order on a best-effort basis, capacity first.
+# Default price-capacity-optimized: cheaper, fewer interruptions; Graviton5-first then holds for On-Demand only
+# (OnDemandAllocationStrategy prioritized). Choose capacity-optimized-prioritized where the order matters more.
+SPOT_ALLOCATION_STRATEGIES = ("price-capacity-optimized", "capacity-optimized-prioritized")
 ACCELERATOR_KEYS = ("kind", "instance_types", "fallback_instance_types", "min_size", "max_size", "placement_group",
-                    "efa", "spot", "capacity_reservation_id", "capacity_block_id", "root_volume_gib")
+                    "efa", "spot", "capacity_reservation_id", "capacity_block_id", "root_volume_gib",
+                    "availability_zone")
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,7 @@ class GravitonFleetConfig:
     on_demand_base_capacity: int
     on_demand_percentage_above_base: int
     root_volume_gib: int
+    spot_allocation_strategy: str = SPOT_ALLOCATION_STRATEGIES[0]
 
     @property
     def all_instance_types(self) -> tuple[str, ...]:
@@ -59,6 +75,10 @@ class AcceleratorClusterConfig:
     capacity_reservation_id: str | None
     capacity_block_id: str | None
     root_volume_gib: int
+    availability_zone: str | None = None
+    # Derived, not a key: the AZs the group launches in. One when pinned (placement group, reservation, block or
+    # availability_zone), else every configured AZ where the pinned table offers all of the group's types.
+    zones: tuple[str, ...] = field(default=(), metadata={"derived": True})
 
     @property
     def all_instance_types(self) -> tuple[str, ...]:
@@ -71,6 +91,39 @@ class AcceleratorClusterConfig:
     @property
     def reservation_id(self) -> str | None:
         return self.capacity_block_id or self.capacity_reservation_id
+
+    def drain_seconds(self, configured: int, *, load_balanced: bool = False) -> int:
+        """The scale-in hook's timeout: the worker's configured drain, capped inside a Capacity Block's window.
+
+        Behind the real-time endpoint Auto Scaling first waits for the target's deregistration, then the hook, so
+        in a block the two share the window (half each)."""
+        if not self.capacity_block_id:
+            return configured
+        budget = CAPACITY_BLOCK_DRAIN_SECONDS // 2 if load_balanced else CAPACITY_BLOCK_DRAIN_SECONDS
+        return min(configured, budget)
+
+    def stream_deregistration_seconds(self, stream_seconds: int) -> int:
+        """The GPU target group's deregistration delay: as long as a stream may last, or in a block its half of
+        the window (a longer stream is cut when the block ends anyway)."""
+        return min(stream_seconds, CAPACITY_BLOCK_DRAIN_SECONDS // 2) if self.capacity_block_id else stream_seconds
+
+    @property
+    def group_instance_types(self) -> tuple[str, ...]:
+        """The types the group can launch: a reservation or block pins the first one."""
+        return self.instance_types[:1] if self.reservation_id else self.all_instance_types
+
+    @property
+    def efa_interfaces(self) -> int:
+        """EFA interfaces in the launch template: one per network card of the group's smallest EFA type.
+
+        One launch template serves every type of the group, and a launch asking for more interfaces than a type
+        has cards fails, so the count is the minimum over the group's types (DescribeInstanceTypes EfaInfo
+        MaximumEfaInterfaces). Trade-off: with p5en (16) as a fallback, p5.48xlarge (32) runs on half its EFA
+        bandwidth; list one type to get all of its cards."""
+        if not self.efa:
+            return 0
+        table = offerings()
+        return min(table[name].efa_max_interfaces for name in self.group_instance_types)
 
 
 def _sizes(s: Mapping[str, Any], path: str, default_min: int, default_max: int) -> tuple[int, int]:
@@ -143,10 +196,13 @@ def parse_graviton_fleet(s: Mapping[str, Any], path: str, region: str) -> Gravit
         on_demand_base_capacity=base,
         on_demand_percentage_above_base=p.integer(s, path, "on_demand_percentage_above_base", 0, maximum=100),
         root_volume_gib=p.integer(s, path, "root_volume_gib", 50, minimum=20, maximum=16384),
+        spot_allocation_strategy=p.choice(s, path, "spot_allocation_strategy", SPOT_ALLOCATION_STRATEGIES[0],
+                                          SPOT_ALLOCATION_STRATEGIES),
     )
 
 
-def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str) -> AcceleratorClusterConfig:
+def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str,
+                              region_zones: tuple[str, ...] = ()) -> AcceleratorClusterConfig:
     kind = p.choice(s, path, "kind", "nvidia", ACCELERATOR_KINDS)
     default_types, default_fallbacks = ACCELERATOR_DEFAULT_TYPES[kind]
     types = p.string_list(s, path, "instance_types", default_types)
@@ -172,13 +228,97 @@ def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str) -> A
     if (reservation or block) and len(types) != 1:
         raise ConfigError(p.join(path, "instance_types"), list(types),
                           "exactly one type (the reservation's) when targeting a capacity reservation or block")
+    efa = p.boolean(s, path, "efa", False)
+    if efa:
+        _check_efa(types, fallbacks, path, kind)
+    group_types = types + fallbacks
+    placement_group = _placement_group(s, path, efa=efa, block=block, group_types=group_types)
+    zones = _group_zones(s, path, region, region_zones or (f"{region}a",), types, fallbacks,
+                         pinned=placement_group or bool(reservation or block),
+                         reservation=bool(reservation or block))
     return AcceleratorClusterConfig(
         kind=kind, instance_types=types, fallback_instance_types=fallbacks, min_size=min_size,
-        max_size=max_size, placement_group=p.boolean(s, path, "placement_group", True),
-        efa=p.boolean(s, path, "efa", False), spot=spot, capacity_reservation_id=reservation,
+        max_size=max_size, placement_group=placement_group,
+        efa=efa, spot=spot, capacity_reservation_id=reservation,
         capacity_block_id=block,
         root_volume_gib=p.integer(s, path, "root_volume_gib", 200, minimum=75, maximum=16384),
+        availability_zone=s.get("availability_zone"), zones=zones,
     )
+
+
+def _placement_group(s: Mapping[str, Any], path: str, *, efa: bool, block: str | None,
+                     group_types: tuple[str, ...]) -> bool:
+    """A cluster placement group only where AWS's rules leave it useful.
+
+    Default: on for a one-type EFA group (EFA's low-latency traffic is what a cluster placement group is for),
+    off otherwise: crossfleet's jobs are single-instance, and a cluster placement group lives in one AZ and raises
+    the chance of insufficient-capacity errors (EC2 User Guide, "Placement strategies for your placement groups",
+    cluster). Trade-off: off spreads the group over AZs and types for obtainability; on packs a multi-node job
+    onto one network spine.
+    """
+    where = p.join(path, "placement_group")
+    wanted = p.boolean(s, path, "placement_group", efa and not block and len(group_types) == 1)
+    if wanted and block:
+        # EC2 API reference, "CapacityBlock": a block's instances are placed together in an EC2 UltraCluster.
+        raise ConfigError(where, wanted, "false with a capacity block (EC2 places a block's instances together "
+                                         "in an UltraCluster)")
+    if wanted and len(group_types) > 1:
+        # EC2 User Guide, "Placement strategies" (cluster): AWS recommends one instance type per cluster
+        # placement group; a mixed group breaks that on every fallback launch.
+        raise ConfigError(where, wanted, "false unless the group has one instance type (AWS recommends one type "
+                                         f"per cluster placement group; this group has {', '.join(group_types)})")
+    return wanted
+
+
+def _group_zones(s: Mapping[str, Any], path: str, region: str, region_zones: tuple[str, ...],
+                 types: tuple[str, ...], fallbacks: tuple[str, ...], *, pinned: bool,
+                 reservation: bool) -> tuple[str, ...]:
+    """The group's AZs, each offering every one of its types in the pinned table.
+
+    A capacity reservation or block launches only in its own AZ (EC2 User Guide, "Launch instances using Capacity
+    Blocks": "can't launch in a subnet in a different Availability Zone"), so its AZ must be named; a placement
+    group is one AZ (the named one, else the first configured).
+    """
+    where = p.join(path, "availability_zone")
+    named = s.get("availability_zone")
+    if named is not None and named not in region_zones:
+        raise ConfigError(where, named, f"one of the region's availability_zones ({', '.join(region_zones)})")
+    if reservation and named is None:
+        raise ConfigError(where, named, "the reservation's availability zone in your account, one of "
+                                        f"{', '.join(region_zones)} (a reservation or block launches only there)")
+    table = offerings()
+    if pinned or named is not None:
+        zone = named or region_zones[0]
+        for key, names in (("instance_types", types), ("fallback_instance_types", fallbacks)):
+            for i, name in enumerate(names):
+                offered = table[name].zones_in(region)
+                if offered and zone not in offered:
+                    raise ConfigError(p.join(p.join(path, key), i), name,
+                                      f"a type offered in the group's zone {zone} (the pinned table offers {name} "
+                                      f"in {', '.join(offered)})")
+        return (zone,)
+    # A type with no per-AZ data in the table counts as offered everywhere (nothing to check it against).
+    zones = tuple(z for z in region_zones
+                  if all(not table[t].zones_in(region) or z in table[t].zones_in(region) for t in types + fallbacks))
+    if not zones:
+        raise ConfigError(p.join(path, "instance_types"), list(types + fallbacks),
+                          f"types offered together in one of {', '.join(region_zones)} (per the pinned table)")
+    return zones
+
+
+def _check_efa(types: tuple[str, ...], fallbacks: tuple[str, ...], path: str, kind: str) -> None:
+    """EFA only on types that have it: the EC2 User Guide's "Supported instance types" for EFA (inf2, for one,
+    has none), read from DescribeInstanceTypes NetworkInfo.EfaSupported in the offerings table."""
+    table = offerings()
+    for key, names in (("instance_types", types), ("fallback_instance_types", fallbacks)):
+        for i, name in enumerate(names):
+            if table[name].efa_max_interfaces == 0:
+                # Name the cluster kind's example types that do have EFA, so the fix is in the message.
+                with_efa = [t for t in _examples(kind).split(" such as ")[1].split(", ")
+                            if t in table and table[t].efa_max_interfaces > 0]
+                raise ConfigError(p.join(p.join(path, key), i), name,
+                                  f"a type with EFA while efa is true ({name} has no EFA; with EFA: "
+                                  f"{', '.join(with_efa)})")
 
 
 def _no_overlap(types: tuple[str, ...], fallbacks: tuple[str, ...], path: str) -> None:

@@ -41,6 +41,10 @@ US_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
 
 # Explicit AZs so that synth never needs an AZ lookup (and so credentials). AZ names map to different
 # physical zones per account: set `availability_zones` per region for a real deployment.
+# The zone letters each region's accounts can see (EC2 User Guide, "Regions and Zones": us-east-1 has six
+# Availability Zones, us-east-2 three, us-west-1 three of which an account sees two, us-west-2 four). A letter
+# past these (us-east-2z) is a typo, not a zone.
+AZ_LETTERS = {"us-east-1": "abcdef", "us-east-2": "abc", "us-west-1": "abc", "us-west-2": "abcd"}
 DEFAULT_AZS = {
     "us-east-1": ("us-east-1a", "us-east-1b", "us-east-1c"),
     "us-east-2": ("us-east-2a", "us-east-2b", "us-east-2c"),
@@ -106,7 +110,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
         raise ConfigError("regions", raw_regions, f"at least one of {', '.join(US_REGIONS)}")
     regions: list[RegionConfig] = []
     for index, entry in enumerate(raw_regions):
-        region = _region(entry, f"regions[{index}]", graviton_defaults, accel_defaults)
+        region = _region(entry, f"regions[{index}]", graviton_defaults, accel_defaults, account)
         if any(r.region == region.region for r in regions):
             raise ConfigError(f"regions[{index}]", region.region, "each region once (it is listed twice)")
         regions.append(region)
@@ -135,7 +139,7 @@ def _name(raw: Mapping[str, Any], key: str, default: str) -> str:
 
 
 def _region(entry: Any, path: str, graviton_defaults: Mapping[str, Any],
-            accel_defaults: Mapping[str, Any]) -> RegionConfig:
+            accel_defaults: Mapping[str, Any], account: str | None = None) -> RegionConfig:
     if isinstance(entry, str):
         entry = {"region": entry}
     s = p.section(entry, path, _REGION_KEYS)
@@ -143,11 +147,20 @@ def _region(entry: Any, path: str, graviton_defaults: Mapping[str, Any],
     if region not in US_REGIONS:
         raise ConfigError(p.join(path, "region"), region,
                           f"a US region: one of {', '.join(US_REGIONS)} (crossfleet keeps compute in US regions)")
+    if account is not None and "availability_zones" not in s:
+        # EC2 documentation on AZ IDs: a name like us-west-1a maps to a different physical zone in each
+        # account (AZ IDs are the same across accounts), and some accounts have no us-west-1a. The defaults are
+        # for synth without an account; a deployment to a named account states its own names.
+        raise ConfigError(p.join(path, "availability_zones"), None,
+                          f"your account's AZ names in {region} (aws ec2 describe-availability-zones --region "
+                          f"{region}), required when account is set: AZ names map to different zones in each "
+                          f"account and not every account has {DEFAULT_AZS[region][0]}")
     azs = p.string_list(s, path, "availability_zones", DEFAULT_AZS[region])
     for i, az in enumerate(azs):
-        if not re.fullmatch(re.escape(region) + r"[a-z]", az):
+        if not re.fullmatch(re.escape(region) + f"[{AZ_LETTERS[region]}]", az):
             raise ConfigError(p.join(p.join(path, "availability_zones"), i), az,
-                              f"an availability zone of {region}, e.g. {region}a")
+                              f"an availability zone of {region}: {region}{AZ_LETTERS[region][0]} to "
+                              f"{region}{AZ_LETTERS[region][-1]}")
     # A region may override any fleet key; the rest comes from the top-level section.
     graviton_raw = {**graviton_defaults, **p.section(s.get("graviton_fleet"), p.join(path, "graviton_fleet"),
                                                       GRAVITON_KEYS)}
@@ -157,5 +170,6 @@ def _region(entry: Any, path: str, graviton_defaults: Mapping[str, Any],
         region=region,
         availability_zones=azs,
         graviton_fleet=parse_graviton_fleet(graviton_raw, p.join(path, "graviton_fleet"), region),
-        accelerator_cluster=parse_accelerator_cluster(accel_raw, p.join(path, "accelerator_cluster"), region),
+        accelerator_cluster=parse_accelerator_cluster(accel_raw, p.join(path, "accelerator_cluster"), region,
+                                                      azs),
     )

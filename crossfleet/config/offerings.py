@@ -22,6 +22,12 @@ class InstanceTypeInfo:
     accelerator: str  # "none", "nvidia", "neuron", ...
     accelerator_count: int
     regions: tuple[str, ...]
+    # AZ names per region as recorded in the pinned data (one account's names; see tools/refresh_offerings.py).
+    zones: tuple[tuple[str, tuple[str, ...]], ...]  # (region, AZ names) pairs: hashable like the rest
+    efa_max_interfaces: int  # 0: the type has no EFA
+
+    def zones_in(self, region: str) -> tuple[str, ...]:
+        return dict(self.zones).get(region, ())
 
     @property
     def family(self) -> str:
@@ -40,6 +46,8 @@ def offerings() -> dict[str, InstanceTypeInfo]:
             accelerator=info["accelerator"],
             accelerator_count=int(info["accelerator_count"]),
             regions=tuple(info["regions"]),
+            zones=tuple((region, tuple(names)) for region, names in sorted(info.get("zones", {}).items())),
+            efa_max_interfaces=int(info.get("efa_max_interfaces", 0)),
         )
         for name, info in raw.items()
     }

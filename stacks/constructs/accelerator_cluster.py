@@ -20,9 +20,10 @@ POOL = "gpu"
 class AcceleratorCluster(Construct):
     """GPU/Neuron ASG with a cluster placement group, optional EFA and optional reservation targeting.
 
-    A cluster placement group lives in one AZ, so with it on the group uses the region's first AZ only.
-    Targeting an On-Demand Capacity Reservation or a Capacity Block pins the group to the reservation's one
-    instance type; otherwise a mixed-instances policy lists the types in priority order.
+    A cluster placement group, a capacity reservation and a Capacity Block each live in one AZ, so the group
+    then uses that AZ only (config `availability_zone`). Targeting an On-Demand Capacity Reservation or a
+    Capacity Block pins the group to the reservation's one instance type; otherwise a mixed-instances policy
+    lists the types in priority order.
     """
 
     group: autoscaling.AutoScalingGroup
@@ -30,7 +31,7 @@ class AcceleratorCluster(Construct):
     placement_group: ec2.PlacementGroup | None
 
     def __init__(self, scope: Construct, id_: str, *, config: AcceleratorClusterConfig, vpc: ec2.IVpc,
-                 subnet_group_name: str, availability_zones: tuple[str, ...], group_name: str,
+                 subnet_group_name: str, group_name: str,
                  user_data: ec2.UserData, lifecycle_hook_name: str, drain_seconds: int) -> None:
         super().__init__(scope, id_)
         self.placement_group = (ec2.PlacementGroup(self, "PlacementGroup",
@@ -47,10 +48,9 @@ class AcceleratorCluster(Construct):
         )
         self._apply_launch_options(config)
 
-        subnets = ec2.SubnetSelection(
-            subnet_group_name=subnet_group_name,
-            availability_zones=[availability_zones[0]] if config.placement_group else None,
-        )
+        # The config chose the AZs: the reservation's or the placement group's one, else every configured AZ where
+        # the pinned offerings table has all of the group's types.
+        subnets = ec2.SubnetSelection(subnet_group_name=subnet_group_name, availability_zones=list(config.zones))
         common = dict(auto_scaling_group_name=group_name, vpc=vpc, vpc_subnets=subnets,
                       min_capacity=config.min_size, max_capacity=config.max_size,
                       # In-service and pending counts for the dashboards (free for one-minute group metrics).
@@ -77,7 +77,7 @@ class AcceleratorCluster(Construct):
         template = self.instances.launch_template.node.default_child
         assert isinstance(template, ec2.CfnLaunchTemplate)
         if config.efa:
-            template.add_property_override("LaunchTemplateData.NetworkInterfaces.0.InterfaceType", "efa")
+            self._enable_efa(template, config.efa_interfaces)
         if config.reservation_id:
             template.add_property_override(
                 "LaunchTemplateData.CapacityReservationSpecification",
@@ -85,3 +85,29 @@ class AcceleratorCluster(Construct):
         if config.capacity_block_id:
             template.add_property_override("LaunchTemplateData.InstanceMarketOptions",
                                            {"MarketType": "capacity-block"})
+
+    def _enable_efa(self, template: ec2.CfnLaunchTemplate, cards: int) -> None:
+        """EFA on every network card the group's types share, in the security group EFA needs.
+
+        Interfaces follow the EC2 User Guide's "Maximize network bandwidth on Amazon EC2 instances with multiple
+        network cards": an ENA primary interface (card 0, device 0), an EFA-only interface on card 0 device 1, and
+        an EFA-only interface on device 0 of every other card. No AssociatePublicIpAddress: EC2 refuses it on a
+        launch with several interfaces (InvalidParameterCombination), and the subnets are private anyway.
+        """
+        group = self.instances.security_group
+        own = [group.security_group_id]
+        interfaces = [{"DeviceIndex": 0, "NetworkCardIndex": 0, "InterfaceType": "interface", "Groups": own},
+                      {"DeviceIndex": 1, "NetworkCardIndex": 0, "InterfaceType": "efa-only", "Groups": own}]
+        interfaces += [{"DeviceIndex": 0, "NetworkCardIndex": card, "InterfaceType": "efa-only", "Groups": own}
+                       for card in range(1, cards)]
+        template.add_property_override("LaunchTemplateData.NetworkInterfaces", interfaces)
+        # OS-bypass traffic needs all traffic in from and out to the group itself (EC2 User Guide, "Create and
+        # attach an Elastic Fabric Adapter" and "Prepare an EFA-enabled security group"). The group's
+        # allow-all-outbound rule is an IP rule; AWS asks for the self-referencing one explicitly.
+        ec2.CfnSecurityGroupIngress(self, "EfaIngressFromSelf", group_id=group.security_group_id, ip_protocol="-1",
+                                    source_security_group_id=group.security_group_id,
+                                    description="EFA: all traffic from this group (OS-bypass)")
+        ec2.CfnSecurityGroupEgress(self, "EfaEgressToSelf", group_id=group.security_group_id, ip_protocol="-1",
+                                   destination_security_group_id=group.security_group_id,
+                                   description="EFA: all traffic to this group (OS-bypass)")
+

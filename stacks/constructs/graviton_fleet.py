@@ -47,11 +47,13 @@ class GravitonFleet(Construct):
             capacity_rebalance=True,
             # In-service and pending counts for the dashboards (free for one-minute group metrics).
             group_metrics=[autoscaling.GroupMetrics.all()],
-            # Graviton5 first, then the fallbacks; On-Demand base, Spot above it.
+            # Graviton5 first, then the fallbacks, for On-Demand; Spot follows the order only with
+            # capacity-optimized-prioritized. On-Demand base, Spot above it.
             mixed_instances_policy=prioritized_mixed_policy(
                 self.instances.launch_template, config.all_instance_types,
                 on_demand_base=config.on_demand_base_capacity,
-                on_demand_percentage_above_base=config.on_demand_percentage_above_base),
+                on_demand_percentage_above_base=config.on_demand_percentage_above_base,
+                spot_allocation_strategy=config.spot_allocation_strategy),
         )
         # Scale-in waits for the worker: it stops taking jobs, finishes or requeues them, then completes this.
         self.group.add_lifecycle_hook(

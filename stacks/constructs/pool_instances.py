@@ -48,8 +48,11 @@ def pool_instances(scope: Construct, *, vpc: ec2.IVpc, pool: str, machine_image:
 
 def prioritized_mixed_policy(launch_template: ec2.LaunchTemplate, instance_types: tuple[str, ...], *,
                              on_demand_base: int, on_demand_percentage_above_base: int,
+                             spot_allocation_strategy: str = "price-capacity-optimized",
                              ) -> autoscaling.MixedInstancesPolicy:
-    """Instance types in priority order (On-Demand uses PRIORITIZED); Spot is price-capacity-optimized."""
+    """Instance types in priority order. On-Demand follows it (PRIORITIZED); Spot follows it only with
+    capacity-optimized-prioritized (best effort), while price-capacity-optimized ignores it (EC2 Auto Scaling API
+    reference, "InstancesDistribution"; crossfleet.config.fleets.SPOT_ALLOCATION_STRATEGIES has the trade-off)."""
     return autoscaling.MixedInstancesPolicy(
         launch_template=launch_template,
         launch_template_overrides=[autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(name))
@@ -58,6 +61,8 @@ def prioritized_mixed_policy(launch_template: ec2.LaunchTemplate, instance_types
             on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
             on_demand_base_capacity=on_demand_base,
             on_demand_percentage_above_base_capacity=on_demand_percentage_above_base,
-            spot_allocation_strategy=autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
+            # The enum's member names are the API values upper-cased with underscores.
+            spot_allocation_strategy=autoscaling.SpotAllocationStrategy[
+                spot_allocation_strategy.upper().replace("-", "_")],
         ),
     )

@@ -21,6 +21,9 @@ from crossfleet.config.realtime import ModelServerConfig, RealtimeConfig
 
 HTTPS_PORT = 443
 RULE_PRIORITY = 10
+# How long a generation may stream: the listener's idle timeout, and each pool's deregistration delay (capped in
+# a Capacity Block group by the block's window: crossfleet.config.fleets.CAPACITY_BLOCK_DRAIN_SECONDS).
+STREAM_SECONDS = 900
 
 
 class RealtimeEndpoint(Construct):
@@ -35,9 +38,11 @@ class RealtimeEndpoint(Construct):
                  subnets: ec2.SubnetSelection, groups: Mapping[str, autoscaling.AutoScalingGroup],
                  instance_security_groups: Mapping[str, ec2.ISecurityGroup],
                  servers: Mapping[str, ModelServerConfig], retain_on_delete: bool,
-                 server_access_logs: s3.IBucket, vpc_cidr: str) -> None:
+                 server_access_logs: s3.IBucket, vpc_cidr: str,
+                 deregistration_seconds: Mapping[str, int] | None = None) -> None:
         super().__init__(scope, id_)
         self.config = config
+        deregistration_seconds = deregistration_seconds or {pool: STREAM_SECONDS for pool in servers}
         # ALB access logs are delivered only to SSE-S3 buckets (not KMS).
         self.access_logs = s3.Bucket(
             self, "AccessLogs", encryption=s3.BucketEncryption.S3_MANAGED, enforce_ssl=True,
@@ -58,7 +63,7 @@ class RealtimeEndpoint(Construct):
             self, "LoadBalancer", vpc=vpc, vpc_subnets=subnets, internet_facing=False,
             security_group=security_group, drop_invalid_header_fields=True,
             # Long generations stream for minutes; the default 60 s idle timeout would cut them.
-            idle_timeout=Duration.seconds(900))
+            idle_timeout=Duration.seconds(STREAM_SECONDS))
         self.load_balancer.log_access_logs(self.access_logs, prefix="alb")
 
         self.target_groups = {}
@@ -71,7 +76,11 @@ class RealtimeEndpoint(Construct):
                                                healthy_http_codes="200", interval=Duration.seconds(15),
                                                timeout=Duration.seconds(5), healthy_threshold_count=2,
                                                unhealthy_threshold_count=3),
-                deregistration_delay=Duration.seconds(60))
+                # A deregistering target keeps its in-flight requests until this delay ends (ELB, "Target groups for
+                # your Application Load Balancers", Deregistration delay) and Auto Scaling deregisters before the
+                # termination hook, so a stream gets as long as the idle timeout allows it. A target with nothing
+                # in flight is released at once, so the long delay costs only while streams are running.
+                deregistration_delay=Duration.seconds(deregistration_seconds[pool]))
             groups[pool].attach_to_application_target_group(group)
             # Only the load balancer reaches the model server port, and only from its own security group.
             instance_security_groups[pool].add_ingress_rule(

@@ -28,7 +28,8 @@ def main() -> None:
                   job_metrics=JobMetrics(session.client("cloudwatch", config=config), settings.deployment,
                                          settings.region, settings.pool))
     # The lifecycle hook's heartbeat timeout bounds the drain; keep a margin for the completion call.
-    run_forever(agent, metadata, drain_budget_seconds=max(30.0, settings.visibility_seconds - 30))
+    run_forever(agent, metadata,
+                drain_budget_seconds=max(30.0, min(settings.visibility_seconds, settings.drain_seconds) - 30))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class WorkerSettings:
     retry_backoff_seconds: float = 5  # a failed job waits base * 2^attempt (at most 15 min) before its retry
     wait_seconds: int = 20  # SQS long poll
     runner: dict[str, Any] = field(default_factory=lambda: {"kind": "http"})
+    drain_seconds: int = 900  # the scale-in lifecycle hook's timeout (480 in a Capacity Block): the drain fits in it
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSettings:

@@ -62,13 +62,17 @@ class AutoScalingFleets:
         """Spot <-> On-Demand for capacity launched from now on; running instances are left alone.
 
         The whole policy as last read goes back with only the share changed, so the launch template and the
-        type overrides cannot be lost by a partial update."""
+        type overrides cannot be lost by a partial update. DescribeAutoScalingGroups returns each launch template
+        specification with both its id and its name, but UpdateAutoScalingGroup takes "the ID or the name of the
+        launch template, but not both" (CloudFormation reference, "AWS::AutoScaling::AutoScalingGroup
+        LaunchTemplateSpecification"; refused with a ValidationError, aws/aws-cli#7281): only the id goes back."""
         mixed = self._mixed_policies.get(pool)
         if mixed is None:
             raise LookupError(f"{self.group_names[pool]} has no mixed instances policy to change")
         distribution = {**mixed.get("InstancesDistribution", {}), "OnDemandPercentageAboveBaseCapacity": percentage}
+        policy = {**updatable_policy(mixed), "InstancesDistribution": distribution}
         self.client.update_auto_scaling_group(AutoScalingGroupName=self.group_names[pool],
-                                              MixedInstancesPolicy={**mixed, "InstancesDistribution": distribution})
+                                              MixedInstancesPolicy=policy)
 
     def failed_launches(self, pool: str, now: float) -> int | None:
         try:
@@ -84,6 +88,27 @@ class AutoScalingFleets:
     def set_desired(self, pool: str, desired: int) -> None:
         self.client.set_desired_capacity(AutoScalingGroupName=self.group_names[pool], DesiredCapacity=desired,
                                          HonorCooldown=False)
+
+
+def updatable_policy(mixed: Mapping[str, Any]) -> dict[str, Any]:
+    """A described mixed-instances policy in the shape UpdateAutoScalingGroup accepts (id, not id and name)."""
+    template = dict(mixed.get("LaunchTemplate", {}))
+    if "LaunchTemplateSpecification" in template:
+        template["LaunchTemplateSpecification"] = _one_identifier(template["LaunchTemplateSpecification"])
+    template["Overrides"] = [
+        {**o, "LaunchTemplateSpecification": _one_identifier(o["LaunchTemplateSpecification"])}
+        if "LaunchTemplateSpecification" in o else dict(o)
+        for o in template.get("Overrides", [])]
+    if not template["Overrides"]:
+        del template["Overrides"]
+    return {**mixed, "LaunchTemplate": template}
+
+
+def _one_identifier(spec: Mapping[str, Any]) -> dict[str, Any]:
+    # Keep the id: it is what the stack's Ref gave the group, so the request names the same template.
+    if spec.get("LaunchTemplateId"):
+        return {k: v for k, v in spec.items() if k != "LaunchTemplateName"}
+    return dict(spec)
 
 
 def _epoch(value: Any) -> float:
