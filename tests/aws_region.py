@@ -146,3 +146,19 @@ def build_region(name: str = "us-east-1", *, cpu_desired: int = 1, gpu_desired: 
     queue_names["intake"] = f"{DEPLOYMENT}-{name}-intake"
     return Region(name=name, session=session, settings=settings, queue_names=queue_names, dlq_names=dlq_names,
                   intake_url=intake_url, rejects_url=rejects_url, results_bucket=bucket)
+
+
+class LambdaContext:
+    """What the Lambda runtime hands a handler: its request id and the time it has left."""
+
+    def __init__(self, request_id: str, remaining_ms: int = 50_000) -> None:
+        self.aws_request_id, self._remaining = request_id, remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._remaining
+
+
+def rebalancer_environment(settings: Settings) -> str:
+    """CROSSFLEET_SETTINGS as the Rebalancer construct writes it for the deployed function."""
+    return json.dumps({**settings.__dict__, "pools": {p: s.__dict__ for p, s in settings.pools.items()},
+                       "policy": settings.policy.__dict__})

@@ -14,7 +14,7 @@ from crossfleet_control.aws.controller_state import ControllerState
 from crossfleet_control.core import policy
 from crossfleet_control.handlers.rebalancer import handler
 from crossfleet_control.orchestration.rebalance_cycle import run_cycle
-from tests.aws_region import Region, build_region
+from tests.aws_region import LambdaContext, Region, build_region, rebalancer_environment
 from tests.jobfactory import job_message
 
 # A small GPU pool (g6e.xlarge, 32 streams) that is at its max, so GPU work cannot get more capacity.
@@ -138,22 +138,11 @@ def test_malformed_messages_go_to_the_dead_letter_queue_with_a_reason(region: Re
 def test_lambda_entry_point_reads_settings_from_the_environment(region: Region, monkeypatch):
     from crossfleet_control.handlers import rebalancer
 
-    settings = region.settings
-    payload = {**settings.__dict__, "pools": {p: s.__dict__ for p, s in settings.pools.items()},
-               "policy": settings.policy.__dict__}
-    monkeypatch.setenv("CROSSFLEET_SETTINGS", json.dumps(payload))
+    monkeypatch.setenv("CROSSFLEET_SETTINGS", rebalancer_environment(region.settings))
     monkeypatch.setattr(rebalancer, "_DEPENDENCIES", None)
-
-    class Context:
-        aws_request_id = "request-1"
-
-        @staticmethod
-        def get_remaining_time_in_millis() -> int:
-            return 50_000
-
-    result = handler({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, Context())
+    result = handler({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, LambdaContext("request-1"))
     assert result["status"] == "ok"
-    stale = handler({"time": "2020-01-01T00:00:00Z"}, Context())
+    stale = handler({"time": "2020-01-01T00:00:00Z"}, LambdaContext("request-1"))
     assert stale["status"] == "skipped" and "old" in stale["reason"]
 
 

@@ -12,7 +12,7 @@ from moto import mock_aws
 
 from crossfleet_control.aws import logs
 from crossfleet_control.handlers import rebalancer
-from tests.aws_region import Region, build_region
+from tests.aws_region import LambdaContext, Region, build_region, rebalancer_environment
 from tests.test_intake_and_worker import router_for
 
 
@@ -40,21 +40,11 @@ def region() -> Iterator[Region]:
 
 
 def test_the_rebalancer_logs_its_cycle_with_the_request_and_decision_ids(region: Region, monkeypatch, capsys):
-    settings = region.settings
-    payload = {**settings.__dict__, "pools": {p: s.__dict__ for p, s in settings.pools.items()},
-               "policy": settings.policy.__dict__}
-    monkeypatch.setenv("CROSSFLEET_SETTINGS", json.dumps(payload))
+    monkeypatch.setenv("CROSSFLEET_SETTINGS", rebalancer_environment(region.settings))
     monkeypatch.setattr(rebalancer, "_DEPENDENCIES", None)
-
-    class Context:
-        aws_request_id = "request-42"
-
-        @staticmethod
-        def get_remaining_time_in_millis() -> int:
-            return 50_000
-
     capsys.readouterr()
-    result = rebalancer.handler({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, Context())
+    result = rebalancer.handler({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                LambdaContext("request-42"))
     [cycle] = [e for e in _entries(capsys.readouterr().out) if e["message"] == "cycle"]
     assert cycle["request_id"] == "request-42" and cycle["function"] == "rebalancer"
     assert cycle["decision_id"] == result["fence"] and cycle["status"] == "ok"
