@@ -27,8 +27,8 @@ def main() -> None:
                   runner=build_runner(settings.runner), owner=metadata.instance_id(),
                   job_metrics=JobMetrics(session.client("cloudwatch", config=config), settings.deployment,
                                          settings.region, settings.pool))
-    # The lifecycle hook's heartbeat timeout bounds the drain; keep a margin for the completion call.
-    run_forever(agent, metadata, drain_budget_seconds=max(30.0, settings.visibility_seconds - 30))
+    # worker.drain_seconds; the config checks it fits inside the lifecycle hook's timeout.
+    run_forever(agent, metadata, drain_budget_seconds=settings.drain_budget_seconds)
 
 
 if __name__ == "__main__":
