@@ -319,3 +319,49 @@ def test_a_pin_to_an_unconfigured_us_region_is_rejected_with_a_reason(region: Re
     reason = json.loads(reject["Body"])["reason"]
     assert reason == "region='us-west-1': not a region of this deployment; one of us-east-1, or absent"
     assert ledger_of(region).head("pinned-away")["status"] == "rejected"
+
+
+# -- behaviour 10: SQS's own redrive ------------------------------------------------------------------------------
+
+def crash_until_sqs_dead_letters(region: Region, job_id: str) -> None:
+    """A worker claims the job and dies, again and again, until the queue's redrive policy moves it."""
+    for n in range(region.settings.max_receive_count + 1):
+        agent_for(region, "cpu", CountingRunner(), f"i-crash-{n}", visibility_seconds=1).receive()
+        region.reset_visibility()
+    assert region.job_ids("cpu") == [] and region.job_ids("cpu", dead_letters=True) == [job_id]
+
+
+def test_a_job_sqs_dead_letters_on_its_own_ends_dead_lettered_in_the_ledger(region: Region):
+    from crossfleet_control.orchestration.rebalance_cycle import run_cycle
+
+    region.send("cpu", [cpu_job("worn-out")])
+    crash_until_sqs_dead_letters(region, "worn-out")
+    assert ledger_of(region).head("worn-out")["status"] == "running"
+    time.sleep(1.1)  # the last crashed claim (1 s lease) lapses, as it must have before SQS could redrive it
+    run_cycle(region.deps(mode="observe"), {}, holder="tick", remaining_ms=lambda: 50_000)
+    head = ledger_of(region).head("worn-out")
+    assert head["status"] == "dead_lettered" and "received" in head["reason"]
+    (entry,) = region.dead_letter_bodies("cpu")
+    assert entry["rejected_by"] == "sqs" and entry["job_id"] == "worn-out"
+    run_cycle(region.deps(mode="observe"), {}, holder="tick-2", remaining_ms=lambda: 50_000)
+    assert len(region.dead_letter_bodies("cpu")) == 1, "reconciled once, not wrapped again"
+
+
+def test_crossfleet_redrive_reruns_dead_lettered_jobs_and_never_a_succeeded_one(region: Region):
+    from crossfleet.redrive import redrive
+
+    region.send("cpu", [cpu_job("poisoned"), cpu_job("fine")])
+    runner = CountingRunner(poison={"poisoned"})
+    agent = agent_for(region, "cpu", runner, "i-a", max_attempts=1)
+    assert sorted(agent.poll_once() + agent.poll_once()) == ["dead_lettered", "succeeded"]
+    sqs, cpu = region.client("sqs"), region.settings.pools["cpu"]
+    # A stale raw copy of the succeeded job (as SQS's own redrive would leave one) sits in the DLQ too.
+    sqs.send_message(QueueUrl=cpu.dead_letter_url, MessageBody=json.dumps(cpu_job("fine")))
+    report = redrive(sqs, cpu.dead_letter_url, cpu.queue_url)
+    assert sorted(report.moved) == ["fine", "poisoned"] and report.failed == 0
+    runner.poison.clear()
+    agent = agent_for(region, "cpu", runner, "i-b", max_attempts=1)
+    assert sorted(agent.poll_once() + agent.poll_once() + agent.poll_once()) == ["succeeded"]
+    assert runner.runs == Counter({"poisoned": 2, "fine": 1})
+    assert region.job_ids("cpu") == [] and region.dead_letter_bodies("cpu") == []
+    assert [h["status"] for h in ledger_of(region).history("poisoned")][-3:] == ["redriven", "running", "succeeded"]

@@ -183,6 +183,29 @@ class Ledger:
         self._append(job_id, status, {"owner": owner, **detail})
         return True
 
+    def settle_dead_letter(self, job_id: str, *, reason: str) -> str:
+        """SQS dead-lettered a copy of this job by itself. "settled": recorded dead_lettered now; "terminal":
+        the job already has its outcome; "running": a live claim holds it (another copy is running)."""
+        now = self.clock()
+        claimable = ", ".join(f":c{i + 1}" for i in range(len(CLAIMABLE)))
+        try:
+            self.client.update_item(
+                TableName=self.table_name, Key=_key(job_id),
+                UpdateExpression="SET #s = :dead, reason = :reason, updated_at = :now REMOVE claim_until",
+                ConditionExpression=f"attribute_not_exists(pk) OR #s IN ({claimable}) "
+                                    "OR (#s = :running AND claim_until < :now)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":dead": {"S": "dead_lettered"}, ":reason": {"S": reason[:1000]},
+                                           ":now": {"N": repr(now)}, ":running": {"S": "running"},
+                                           **{f":c{i + 1}": {"S": s} for i, s in enumerate(CLAIMABLE)}})
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            head = self.head(job_id) or {}
+            return "terminal" if head.get("status") in TERMINAL else "running"
+        self._append(job_id, "dead_lettered", {"reason": reason, "by": "sqs redrive"})
+        return "settled"
+
     def reopen(self, job_id: str, *, via: str) -> bool:
         """A redriven dead-lettered job: back to queued with fresh attempts. Only a dead-lettered job reopens, so
         a stray copy of a succeeded or running job is still settled as a duplicate."""
