@@ -365,3 +365,44 @@ def test_crossfleet_redrive_reruns_dead_lettered_jobs_and_never_a_succeeded_one(
     assert runner.runs == Counter({"poisoned": 2, "fine": 1})
     assert region.job_ids("cpu") == [] and region.dead_letter_bodies("cpu") == []
     assert [h["status"] for h in ledger_of(region).history("poisoned")][-3:] == ["redriven", "running", "succeeded"]
+
+
+# -- behaviour 4: cross-region identity ----------------------------------------------------------------------------
+
+def test_a_failover_whose_delete_fails_runs_the_job_once_and_the_origin_ledger_shows_the_outcome():
+    from dataclasses import replace
+
+    from crossfleet_control.aws.ledger import Ledger
+    from crossfleet_control.core.policy_types import ControllerMemory, Decision, Move
+    from crossfleet_control.core.settings import PeerRegion
+    from crossfleet_control.orchestration.act import apply
+
+    with mock_aws():
+        east, west = build_region("us-east-1", gpu_desired=1), build_region("us-west-2", gpu_desired=1)
+        east.settings = replace(east.settings, peers={"us-west-2": PeerRegion(
+            west.settings.pools["gpu"].queue_url, west.settings.table_name)})
+        east.client("sqs").send_message(QueueUrl=east.intake_url, MessageBody=json.dumps(
+            job_message(id="travels", placement="gpu_only")))
+        assert drain_intake(east, router_for(east)) == []
+        deps = east.deps()
+        (sampled,), _ = deps.queues.sample("gpu", 1, 30, lambda: 10.0)
+        deps.queues.client = FailFirst(deps.queues.client, "delete_message_batch", times=1)
+        move = Move(job_id="travels", source="gpu", destination="gpu", reason="failover", detail="test",
+                    destination_region="us-west-2")
+        applied = apply(deps, Decision(pools={}, moves=(move,), memory=ControllerMemory()), [sampled], "t",
+                        deps.state.acquire_lease("t", 55), lambda: 10.0)
+        assert applied["moved"] == ["travels"]
+        east.reset_visibility()
+        assert east.job_ids("gpu") == ["travels"] and west.job_ids("gpu") == ["travels"], "a copy in each region"
+
+        runner = CountingRunner()
+        ledgers = {r.name: Ledger(r.client("dynamodb"), r.settings.table_name) for r in (east, west)}
+        agents = [agent_for(r, "gpu", runner, f"i-{r.name}") for r in (west, east)]
+        for agent in agents:
+            agent.ledger_for = ledgers.__getitem__
+        outcomes = [o for _ in range(2) for agent in agents for o in agent.poll_once()]
+        assert outcomes == ["succeeded"] and runner.runs["travels"] == 1
+        head = ledgers["us-east-1"].head("travels")
+        assert head["status"] == "succeeded" and head["claim_region"] == "us-west-2"
+        assert ledgers["us-west-2"].head("travels") is None, "one identity: the origin region's ledger"
+        assert east.job_ids("gpu") == [] and west.job_ids("gpu") == []

@@ -45,6 +45,9 @@ class WorkerSettings:
     # Scale-in: how long running jobs may finish before they are requeued (worker.drain_seconds, which is also
     # the lifecycle hook's timeout less a margin). None: the lease less 30 s, for settings written before it.
     drain_seconds: float | None = None
+    # The other configured regions' state tables (region -> table name): a job whose origin is there is
+    # claimed and recorded there.
+    peer_tables: dict[str, str] = field(default_factory=dict)
 
     @property
     def heartbeat_period(self) -> float:
@@ -106,9 +109,19 @@ class Agent:
     clock: Callable[[], float] = time.time
     log: Callable[[str], None] = print
     job_metrics: JobMetrics | None = None
+    # Another configured region's ledger, for jobs that came from there (failover, cross-region moves).
+    ledger_for: Callable[[str], Ledger] | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: dict[str, InFlight] = field(default_factory=dict)
+
+    def ledger_of(self, job: Job) -> Ledger:
+        """The ledger that holds the job's identity: its origin region's, so it is claimed once across regions."""
+        if job.origin and job.origin != self.settings.region:
+            if self.ledger_for is None:
+                raise LookupError(f"job {job.id} belongs to {job.origin}'s ledger and no peer ledger is configured")
+            return self.ledger_for(job.origin)
+        return self.ledger
 
     # -- one message ----------------------------------------------------------------------------------------
     def receive(self, max_messages: int = 1, wait_seconds: int | None = None) -> list[InFlight]:
@@ -130,9 +143,10 @@ class Agent:
                 continue
             if redriven:
                 # Only a redrive moves a DLQ envelope back to a pool queue: the operator wants the job run again.
-                self.ledger.reopen(job.id, via=f"redrive seen by {self.owner}")
-            claim = self.ledger.claim(job.id, owner=self.owner, pool=self.settings.pool,
-                                      lease_seconds=self.settings.visibility_seconds, fingerprint=job.fingerprint())
+                self.ledger_of(job).reopen(job.id, via=f"redrive seen by {self.owner}")
+            claim = self.ledger_of(job).claim(job.id, owner=self.owner, pool=self.settings.pool,
+                                              lease_seconds=self.settings.visibility_seconds,
+                                              fingerprint=job.fingerprint(), region=self.settings.region)
             if claim.conflict:
                 # Another job already owns this id: never run it as that job, never delete it as a duplicate.
                 reason = f"id conflict: job id {job.id!r} already names a different job; resubmit with a new id"
@@ -176,7 +190,7 @@ class Agent:
         self.s3.put_object(Bucket=self.settings.results_bucket, Key=key, Body=result,
                            Metadata={"job-id": job.id, "instance": self.owner})
         uri = f"s3://{self.settings.results_bucket}/{key}"
-        if not self.ledger.finish(job.id, owner=self.owner, status="succeeded", detail={"result_uri": uri}):
+        if not self.ledger_of(job).finish(job.id, owner=self.owner, status="succeeded", detail={"result_uri": uri}):
             # Our claim lapsed and someone else owns the job now: leave the message to them.
             self.log(f"job {job.id}: claim lost before completion; not deleting")
             return "lost_claim"
@@ -200,7 +214,8 @@ class Agent:
             work = list(self.in_flight.values())
             self.in_flight.clear()
         for item in work:
-            if not self.ledger.finish(item.job.id, owner=self.owner, status="interrupted", detail={"reason": reason}):
+            if not self.ledger_of(item.job).finish(item.job.id, owner=self.owner, status="interrupted",
+                                              detail={"reason": reason}):
                 continue  # no longer ours: its new owner holds the message
             try:
                 self.sqs.send_message(QueueUrl=self.settings.queue_url, MessageBody=item.job.to_json(),
@@ -261,7 +276,8 @@ class Agent:
         someone else's (stop renewing a message we no longer own). An AWS error is logged and retried at the
         next beat: failing the job here would free it for another worker while this runner still runs."""
         try:
-            if not self.ledger.extend(work.job.id, owner=self.owner, lease_seconds=self.settings.visibility_seconds):
+            if not self.ledger_of(work.job).extend(work.job.id, owner=self.owner,
+                                                   lease_seconds=self.settings.visibility_seconds):
                 return False
             self.sqs.change_message_visibility(QueueUrl=self.settings.queue_url, ReceiptHandle=work.receipt_handle,
                                                VisibilityTimeout=self.settings.visibility_seconds)
@@ -281,12 +297,12 @@ class Agent:
         if work.attempt >= self.settings.max_attempts:
             # Retries spent: durable in the DLQ with the reason first, then the ledger, then the delete.
             self._send_dead_letter(job.to_json(), f"failed {work.attempt} times: {reason}", job.id)
-            if not self.ledger.finish(job.id, owner=self.owner, status="dead_lettered",
+            if not self.ledger_of(job).finish(job.id, owner=self.owner, status="dead_lettered",
                                       detail={"reason": reason, "attempts": work.attempt}):
                 return "lost_claim"  # the envelope in the DLQ is redundant; the job's owner settles it
             self._delete(work.receipt_handle)
             return "dead_lettered"
-        if not self.ledger.finish(job.id, owner=self.owner, status="failed",
+        if not self.ledger_of(job).finish(job.id, owner=self.owner, status="failed",
                                   detail={"reason": reason, "attempt": work.attempt}):
             return "lost_claim"
         # Back off a little per attempt before another worker (or this one) tries again.

@@ -19,6 +19,8 @@ from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.queues import SqsQueues
 from crossfleet_control.core.jobs import JobRejected, parse_job
 
+# DLQ messages read per pool per rebalancer cycle (a long DLQ is worked through over several cycles).
+DEAD_LETTERS_PER_CYCLE = 50
 # Envelopes are held this long while a pass looks past them, then released.
 _HOLD_SECONDS = 30
 

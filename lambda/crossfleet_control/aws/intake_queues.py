@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from crossfleet_control.core.jobs import Job
@@ -32,7 +32,9 @@ class IntakeQueues:
                               MessageAttributes=self._attributes(job))
 
     def send_to_peer(self, region: str, job: Job) -> None:
-        """Failover: the job goes to another configured region's GPU queue (nothing else is ever a destination)."""
+        """Failover: the job goes to another configured region's GPU queue (nothing else is ever a destination),
+        naming this region as its origin: its ledger entry stays here, where it was submitted."""
+        job = replace(job, origin=job.origin or self.settings.region)
         self._client(region).send_message(QueueUrl=self.settings.peer_gpu_queue_urls[region],
                                           MessageBody=job.to_json(), MessageAttributes=self._attributes(job))
 

@@ -104,7 +104,7 @@ class Ledger:
             self.client.batch_write_item(RequestItems={self.table_name: items})
 
     def claim(self, job_id: str, *, owner: str, pool: str, lease_seconds: float,
-              fingerprint: str | None = None) -> Claim:
+              fingerprint: str | None = None, region: str | None = None) -> Claim:
         """Take the job for one run. Exactly one caller wins while a claim is live; terminal jobs never run; a
         copy whose fingerprint differs from the one the ledger holds for this id is refused as a conflict."""
         now = self.clock()
@@ -115,10 +115,13 @@ class Ledger:
             ":pool": {"S": pool}, ":now": {"N": repr(now)}, ":one": {"N": "1"},
             **{f":c{i + 1}": {"S": s} for i, s in enumerate(CLAIMABLE)}}
         set_fingerprint = ""
+        if region:  # where it runs: a job claimed from another region's ledger shows its region here
+            set_fingerprint += ", claim_region = :region"
+            values[":region"] = {"S": region}
         if fingerprint:
             # A rejected head carries no job of its own: the resubmission's fingerprint replaces whatever is there.
             same_job = " AND (attribute_not_exists(fingerprint) OR fingerprint = :fp OR #s = :rejected)"
-            set_fingerprint = ", fingerprint = :fp"
+            set_fingerprint += ", fingerprint = :fp"
             values[":fp"] = {"S": fingerprint}
             values[":rejected"] = {"S": "rejected"}
         try:
@@ -141,7 +144,8 @@ class Ledger:
                          claim_until=head.get("claim_until"), attempt=int(head.get("attempt", 0)),
                          conflict=conflict)
         attempt = int(response["Attributes"]["attempt"]["N"])
-        self._append(job_id, "running", {"owner": owner, "pool": pool, "attempt": attempt})
+        self._append(job_id, "running", {"owner": owner, "pool": pool, "attempt": attempt,
+                                         **({"region": region} if region else {})})
         return Claim(won=True, status="running", owner=owner, claim_until=now + lease_seconds, attempt=attempt)
 
     def extend(self, job_id: str, *, owner: str, lease_seconds: float) -> bool:

@@ -30,7 +30,7 @@ _EARLIEST_SUBMITTED_AT = 1_577_836_800.0  # 2020-01-01T00:00:00Z
 _LATEST_SUBMITTED_AT = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 _MAX_COUNTER = 1_000_000  # attempt and moves: far above any configured limit, far below absurd
 _FIELDS = ("schema_version", "id", "class", "placement", "preference", "size", "deadline_seconds", "priority",
-           "submitted_at", "attempt", "moves", "payload", "region")
+           "submitted_at", "attempt", "moves", "payload", "region", "origin")
 _SIZE_FIELDS = ("input_tokens", "output_tokens", "cpu_seconds", "gpu_seconds")
 
 
@@ -60,6 +60,9 @@ class Job:
     moves: int = 0
     payload: dict[str, Any] = field(default_factory=dict)
     region: str | None = None
+    # The region whose ledger holds this job's identity, set when it leaves that region (failover or a
+    # cross-region move): workers anywhere claim it there, so it runs once across regions.
+    origin: str | None = None
 
     def allowed_pools(self) -> tuple[str, ...]:
         if self.placement == "cpu_only":
@@ -74,8 +77,9 @@ class Job:
     def deadline_at(self) -> float:
         return self.submitted_at + self.deadline_seconds
 
-    def moved(self) -> Job:
-        return replace(self, moves=self.moves + 1)
+    def moved(self, origin: str | None = None) -> Job:
+        """The copy a move sends; `origin` is the sending region when the copy leaves it (kept if already set)."""
+        return replace(self, moves=self.moves + 1, origin=self.origin or origin)
 
     def to_message(self) -> dict[str, Any]:
         size: dict[str, Any] = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
@@ -92,16 +96,18 @@ class Job:
         }
         if self.region:
             body["region"] = self.region
+        if self.origin:
+            body["origin"] = self.origin
         return body
 
     def to_json(self) -> str:
         return json.dumps(self.to_message(), separators=(",", ":"), sort_keys=True, allow_nan=False)
 
     def fingerprint(self) -> str:
-        """What makes two submissions with one id the same job: everything but the delivery counters (attempt,
-        moves), which change as the job travels. The ledger keeps it so a different job reusing the id is told
+        """What makes two submissions with one id the same job: everything but what changes as the job travels
+        (attempt, moves, origin). The ledger keeps it so a different job reusing the id is told
         apart from a duplicate delivery (see docs/job-lifecycle.md)."""
-        content = {k: v for k, v in self.to_message().items() if k not in ("attempt", "moves")}
+        content = {k: v for k, v in self.to_message().items() if k not in ("attempt", "moves", "origin")}
         canonical = json.dumps(content, separators=(",", ":"), sort_keys=True, allow_nan=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -189,10 +195,14 @@ def parse_job(body: str | bytes | dict[str, Any]) -> Job:
     region = raw.get("region")
     if region is not None and region not in US_REGIONS:
         raise reject(f"region={region!r}: a US region pin, one of {', '.join(US_REGIONS)}, or absent")
+    origin = raw.get("origin")
+    if origin is not None and origin not in US_REGIONS:
+        raise reject(f"origin={origin!r}: the US region whose ledger holds the job, one of {', '.join(US_REGIONS)}")
     return Job(id=raw["id"], job_class=job_class, placement=placement, preference=preference,
                input_tokens=input_tokens, output_tokens=output_tokens, cpu_seconds=cpu_seconds,
                gpu_seconds=gpu_seconds, deadline_seconds=float(deadline), priority=priority,
-               submitted_at=submitted_at, attempt=attempt, moves=moves, payload=payload, region=region)
+               submitted_at=submitted_at, attempt=attempt, moves=moves, payload=payload, region=region,
+               origin=origin)
 
 
 def _count(size: dict[str, Any], key: str, reject: Any) -> int:

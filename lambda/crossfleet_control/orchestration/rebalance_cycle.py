@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from crossfleet_control.aws.controller_state import LeaseLost
-from crossfleet_control.aws.dead_letters import reconcile_dead_letters
+from crossfleet_control.aws.dead_letters import DEAD_LETTERS_PER_CYCLE, reconcile_dead_letters
 from crossfleet_control.aws.queues import MalformedMessage, ReceivedJob
 from crossfleet_control.core import policy
 from crossfleet_control.core.policy_types import (
@@ -25,8 +25,6 @@ from crossfleet_control.orchestration.record import decision_record, emit_metric
 
 # A sampled message is held this long; the cycle releases it sooner (or moves it) well within the timeout.
 SAMPLE_HOLD_SECONDS = 60
-# DLQ messages read per pool per cycle for ledger reconciliation (a full DLQ is worked through over cycles).
-DEAD_LETTERS_PER_CYCLE = 50
 # Stop starting new AWS work when less than this much of the invocation remains.
 SAFETY_MARGIN_SECONDS = 5.0
 
