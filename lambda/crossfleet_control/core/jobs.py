@@ -24,9 +24,8 @@ US_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
 MAX_INLINE_PAYLOAD_BYTES = 200 * 1024
 # fullmatch, not `$`: `$` also matches before a trailing newline, so "abc\n" would pass as an id.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-# submitted_at must be a real instant: not before 2020 nor more than a day ahead of any plausible clock
-# (year 9999 or Infinity would make every deadline meaningless, and Infinity is not JSON).
-_EARLIEST_SUBMITTED_AT = 1_577_836_800.0  # 2020-01-01T00:00:00Z
+# submitted_at must be finite and before 2100: year 9999 or Infinity would make every deadline meaningless,
+# and Infinity is not JSON. (Small positive values stay valid: the simulator counts from its own zero.)
 _LATEST_SUBMITTED_AT = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 _MAX_COUNTER = 1_000_000  # attempt and moves: far above any configured limit, far below absurd
 _FIELDS = ("schema_version", "id", "class", "placement", "preference", "size", "deadline_seconds", "priority",
@@ -232,8 +231,8 @@ def _timestamp(value: Any, reject: Any) -> float:
             pass
         else:
             seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    if seconds is None or not math.isfinite(seconds) or not _EARLIEST_SUBMITTED_AT <= seconds <= _LATEST_SUBMITTED_AT:
-        raise reject(f"submitted_at={value!r}: epoch seconds or an ISO 8601 timestamp between 2020-01-01 and "
+    if seconds is None or not math.isfinite(seconds) or not 0 < seconds <= _LATEST_SUBMITTED_AT:
+        raise reject(f"submitted_at={value!r}: epoch seconds or an ISO 8601 timestamp, above 0 and before "
                      "2100-01-01 (UTC)")
     return seconds
 
