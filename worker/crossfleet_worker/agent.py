@@ -42,8 +42,8 @@ class WorkerSettings:
     retry_backoff_seconds: float = 5  # a failed job waits base * 2^attempt (at most 15 min) before its retry
     wait_seconds: int = 20  # SQS long poll
     runner: dict[str, Any] = field(default_factory=lambda: {"kind": "http"})
-    # Scale-in: how long running jobs may finish before they are requeued (worker.drain_seconds, which is also
-    # the lifecycle hook's timeout less a margin). None: the lease less 30 s, for settings written before it.
+    # Scale-in: worker.drain_seconds, the lifecycle hook's timeout; running jobs get it less a 30 s margin
+    # before they are requeued. None: the lease less 30 s, for settings written before it.
     drain_seconds: float | None = None
     # The other configured regions' state tables (region -> table name): a job whose origin is there is
     # claimed and recorded there.
@@ -59,7 +59,9 @@ class WorkerSettings:
     @property
     def drain_budget_seconds(self) -> float:
         if self.drain_seconds is not None:
-            return float(self.drain_seconds)
+            # drain_seconds is also the lifecycle hook's timeout: keep 30 s of it for the requeue and the
+            # completion call, or the hook's default result could terminate the instance mid-requeue.
+            return max(0.0, float(self.drain_seconds) - 30)
         return max(30.0, self.visibility_seconds - 30)
 
     @classmethod
