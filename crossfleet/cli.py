@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     drain = live("drain", "take a pool down to its minimum and keep it there (new either-work goes elsewhere)",
                  pool=True)
     drain.add_argument("--note", default="drained by operator", help="why (shown in status and the decision log)")
+    redrive = live("redrive", "move a pool's dead-lettered jobs back to its queue to run again", pool=True)
+    redrive.add_argument("--limit", type=_positive_int, default=100, help="at most this many DLQ entries (default 100)")
 
     bench = commands.add_parser("bench", help="run every policy and the offline lower bound on a scenario")
     bench.add_argument("--scenario", required=True, help="scenario JSON file (see scenarios/)")
@@ -361,7 +363,7 @@ def _intake_hint(session, args: argparse.Namespace) -> str:
             "rejects queue)")
 
 
-OPERATOR_COMMANDS = ("status", "explain", "plan", "freeze", "unfreeze", "pin", "drain")
+OPERATOR_COMMANDS = ("status", "explain", "plan", "freeze", "unfreeze", "pin", "drain", "redrive")
 
 
 def _endpoint_line(endpoint: dict) -> str:
@@ -390,6 +392,17 @@ def _operate(args: argparse.Namespace) -> int:
                 "in_flight", "override", "capacity", "traffic", "last_reason")))
             return EXIT_OK
         view = views[0]
+        if args.command == "redrive":
+            from crossfleet.redrive import redrive
+
+            if args.pool not in view.settings.pools:
+                raise ValueError(f"pool {args.pool!r}: one of {', '.join(view.settings.pools)}")
+            pool_settings = view.settings.pools[args.pool]
+            report = redrive(view.client("sqs"), pool_settings.dead_letter_url, pool_settings.queue_url,
+                             limit=args.limit)
+            print(json.dumps({"moved": report.moved, "failed": report.failed}) if args.json else
+                  f"{len(report.moved)} redriven to {args.pool}, {report.failed} failed (left in the DLQ)")
+            return EXIT_OK if not report.failed else EXIT_FAILED
         if args.command == "explain":
             decisions = view.state.recent_decisions(args.last)
             if args.json:

@@ -70,6 +70,8 @@ class RegionStack(Stack):
             "heartbeat_seconds": worker.heartbeat_seconds, "max_attempts": worker.max_attempts,
             "drain_seconds": drain[pool],
             "runner": worker.cpu_runner if pool == "cpu" else worker.gpu_runner,
+            "peer_tables": {r.region: state_table_name(deployment, r.region) for r in config.regions
+                            if r.region != name},
         }) for pool in POOLS}
         servers = {"cpu": realtime.cpu_server, "gpu": realtime.gpu_server}
         if realtime.enabled:
@@ -142,6 +144,13 @@ class RegionStack(Stack):
                 sid="ReadWorkerAgentAsset", actions=["s3:GetObject"],
                 resources=[f"arn:{self.partition}:s3:::{self.worker_asset.s3_bucket_name}/"
                            f"{self.worker_asset.s3_object_key}"]))
+            if peers:
+                # A job that failed over or moved here keeps its identity in its origin region's ledger.
+                role.add_to_policy(iam.PolicyStatement(
+                    sid="ClaimJobsInOriginLedgers",
+                    actions=["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem"],
+                    resources=[Arn.format(ArnComponents(service="dynamodb", region=peer.region, resource="table",
+                                                        resource_name=peer.table_name), self) for peer in peers]))
             role.add_to_policy(iam.PolicyStatement(
                 sid="PublishJobOutcomes", actions=["cloudwatch:PutMetricData"], resources=["*"],
                 conditions={"StringEquals": {"cloudwatch:namespace": "crossfleet"}}))

@@ -169,7 +169,8 @@ def test_region_pinned_job_is_forwarded_to_that_regions_intake():
         east, west = build_region("us-east-1"), build_region("us-west-2")
         east.client("sqs").send_message(QueueUrl=east.intake_url,
                                         MessageBody=json.dumps(job_message(id="pinned", region="us-west-2")))
-        drain_intake(east, router_for(east))
+        # Both regions are in the deployment (the stacks give each router its peers); a pin elsewhere is rejected.
+        drain_intake(east, router_for(east, peers={"us-west-2": west.settings.pools["gpu"].queue_url}))
         assert west.job_ids("intake") == ["pinned"] and east.job_ids("gpu") == []
         drain_intake(west, router_for(west))
         assert west.job_ids("gpu") == ["pinned"]

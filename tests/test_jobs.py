@@ -66,3 +66,29 @@ def test_oversized_inline_payload_points_to_s3():
 def test_placement_rules():
     assert parse_job(job_message(placement="cpu_only", preference="cpu")).may_run_on("gpu") is False
     assert parse_job(job_message(placement="gpu_only")).may_run_on("cpu") is False
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (json.dumps(job_message(submitted_at=float("inf"))), "submitted_at=inf: epoch seconds"),
+    (job_message(submitted_at="9999-12-31T00:00:00Z"), "submitted_at='9999-12-31T00:00:00Z': epoch seconds"),
+    (job_message(submitted_at=253_402_214_400), "submitted_at=253402214400: epoch seconds"),
+    (job_message(id="trailing-newline\n"), "id='trailing-newline\\n': 1-128 characters"),
+    (job_message(schema_version=True), "schema_version=True: this crossfleet reads schema_version 1"),
+    (job_message(schema_version=1.0), "schema_version=1.0: this crossfleet reads schema_version 1"),
+    (job_message(attempt=10**30), f"attempt={10**30}: a whole number from 0 to 1000000"),
+    (job_message(moves=-1), "moves=-1: a whole number from 0 to 1000000"),
+    ('{"schema_version": 1, "id": "nan", "class": "eval", "placement": "either", "size": {"input_tokens": 1}, '
+     '"deadline_seconds": 60, "submitted_at": 1700000000, "payload": {"x": NaN}}', "payload: JSON numbers only"),
+])
+def test_values_python_reads_but_a_job_cannot_hold_are_rejected(body, reason):
+    """Issue 17: each of these was accepted (and Infinity was then re-serialised as the non-JSON `Infinity`)."""
+    with pytest.raises(JobRejected) as caught:
+        parse_job(body if isinstance(body, str) else json.dumps(body))
+    assert caught.value.reason.startswith(reason)
+
+
+def test_the_fingerprint_ignores_delivery_counters_and_nothing_else():
+    job = parse_job(job_message(id="fp"))
+    assert parse_job(job.moved().to_json()).fingerprint() == job.fingerprint()
+    assert parse_job(job_message(id="fp", attempt=3)).fingerprint() == job.fingerprint()
+    assert parse_job(job_message(id="fp", priority=1)).fingerprint() != job.fingerprint()

@@ -21,6 +21,7 @@ from moto import mock_aws
 
 from crossfleet_control.aws.controller_state import ControllerState
 from crossfleet_control.aws.health_store import HealthStore
+from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.core.capacity_health import PROBING, SHORT, STATUS_RANK
 from crossfleet_control.core.capacity_signals import LAUNCH_SUCCESSFUL, EventSettings
@@ -72,6 +73,10 @@ class World:
         self.runners = {(r, p): RecordingRunner() for r in CONFIGURED for p in ("cpu", "gpu")}
         self.agents = {(r.name, p): agent_for(r, p, self.runners[(r.name, p)], f"{r.name}-{p}")
                        for r in (self.east, self.west) for p in ("cpu", "gpu")}
+        # As deployed (worker settings' peer_tables): a failed-over job is claimed in its origin's ledger.
+        ledgers = {r.name: Ledger(r.client("dynamodb"), r.settings.table_name) for r in (self.east, self.west)}
+        for agent in self.agents.values():
+            agent.ledger_for = ledgers.__getitem__
         self.seen_instances: set[str] = set()
         self.east_gpu_health: list[dict[str, Any]] = []
         self.east_gpu_desired: list[int] = []

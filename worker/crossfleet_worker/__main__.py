@@ -21,15 +21,24 @@ def main() -> None:
     session = boto3.session.Session(region_name=settings.region)
     config = Config(retries={"mode": "standard", "max_attempts": 5})
     metadata = InstanceMetadata()
+    ledgers: dict[str, Ledger] = {}
+
+    def peer_ledgers(region: str) -> Ledger:
+        """Jobs from another region are claimed in its ledger (one client per region, made on first use)."""
+        if region not in ledgers:
+            ledgers[region] = Ledger(session.client("dynamodb", region_name=region, config=config),
+                                     settings.peer_tables[region])
+        return ledgers[region]
+
     agent = Agent(settings=settings, sqs=session.client("sqs", config=config), s3=session.client("s3", config=config),
                   autoscaling=session.client("autoscaling", config=config),
                   ledger=Ledger(session.client("dynamodb", config=config), settings.table_name),
                   runner=build_runner(settings.runner), owner=metadata.instance_id(),
+                  ledger_for=peer_ledgers,
                   job_metrics=JobMetrics(session.client("cloudwatch", config=config), settings.deployment,
                                          settings.region, settings.pool))
-    # The lifecycle hook's heartbeat timeout bounds the drain; keep a margin for the completion call.
-    run_forever(agent, metadata,
-                drain_budget_seconds=max(30.0, min(settings.visibility_seconds, settings.drain_seconds) - 30))
+    # The pool's lifecycle hook timeout, less a margin for the requeue and the completion call.
+    run_forever(agent, metadata, drain_budget_seconds=settings.drain_budget_seconds)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from crossfleet_control.core.jobs import Job
@@ -32,7 +32,9 @@ class IntakeQueues:
                               MessageAttributes=self._attributes(job))
 
     def send_to_peer(self, region: str, job: Job) -> None:
-        """Failover: the job goes to another configured region's GPU queue (nothing else is ever a destination)."""
+        """Failover: the job goes to another configured region's GPU queue (nothing else is ever a destination),
+        naming this region as its origin: its ledger entry stays here, where it was submitted."""
+        job = replace(job, origin=job.origin or self.settings.region)
         self._client(region).send_message(QueueUrl=self.settings.peer_gpu_queue_urls[region],
                                           MessageBody=job.to_json(), MessageAttributes=self._attributes(job))
 
@@ -45,7 +47,26 @@ class IntakeQueues:
         client.send_message(QueueUrl=self._intake_urls[region], MessageBody=job.to_json())
 
     def reject(self, body: str, reason: str, job_id: str | None) -> None:
-        self.sqs.send_message(QueueUrl=self.settings.rejects_url, MessageBody=json.dumps(
-            {"reason": reason, "job_id": job_id, "body": body[:200_000], "rejected_at": time.time(),
-             "region": self.settings.region}),
-            MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:256]}})
+        self.sqs.send_message(QueueUrl=self.settings.rejects_url,
+                              MessageBody=reject_message(body, reason, job_id, self.settings.region, time.time()),
+                              MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:256]}})
+
+
+# SQS's message limit is 256 KiB (262,144 bytes, body plus attributes; newer queues allow 1 MiB). A reject
+# keeps to 200 KiB so it fits either way, with room for the reason attribute.
+MAX_REJECT_MESSAGE_BYTES = 200 * 1024
+
+
+def reject_message(body: str, reason: str, job_id: str | None, region: str, now: float) -> str:
+    """The rejects-queue message: as much of the body as fits, measured in encoded bytes (JSON escaping can
+    make one character six bytes, so a character count cannot bound it), and the body's full size."""
+    encoded = body.encode("utf-8", errors="replace")
+    keep = len(encoded)
+    while True:
+        kept = encoded[:keep].decode("utf-8", errors="ignore")
+        message = json.dumps({"reason": reason[:1000], "job_id": job_id, "body": kept,
+                              "body_bytes": len(encoded), "body_truncated": keep < len(encoded),
+                              "rejected_at": now, "region": region}, ensure_ascii=False)
+        if len(message.encode()) <= MAX_REJECT_MESSAGE_BYTES or keep == 0:
+            return message
+        keep = keep // 2 if len(message.encode()) > 2 * MAX_REJECT_MESSAGE_BYTES else keep - keep // 8

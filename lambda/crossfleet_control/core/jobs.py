@@ -6,7 +6,9 @@ with a reason a producer can act on; nothing downstream has to re-check fields. 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -20,9 +22,14 @@ US_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
 # SQS accepts 256 KiB per message (1 MiB on newer queues); crossfleet keeps inline payloads well below so a
 # job plus its envelope always fits. Larger inputs go to S3 and travel as {"s3_uri": ...}.
 MAX_INLINE_PAYLOAD_BYTES = 200 * 1024
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# fullmatch, not `$`: `$` also matches before a trailing newline, so "abc\n" would pass as an id.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+# submitted_at must be finite and before 2100: year 9999 or Infinity would make every deadline meaningless,
+# and Infinity is not JSON. (Small positive values stay valid: the simulator counts from its own zero.)
+_LATEST_SUBMITTED_AT = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+_MAX_COUNTER = 1_000_000  # attempt and moves: far above any configured limit, far below absurd
 _FIELDS = ("schema_version", "id", "class", "placement", "preference", "size", "deadline_seconds", "priority",
-           "submitted_at", "attempt", "moves", "payload", "region")
+           "submitted_at", "attempt", "moves", "payload", "region", "origin")
 _SIZE_FIELDS = ("input_tokens", "output_tokens", "cpu_seconds", "gpu_seconds")
 
 
@@ -52,6 +59,9 @@ class Job:
     moves: int = 0
     payload: dict[str, Any] = field(default_factory=dict)
     region: str | None = None
+    # The region whose ledger holds this job's identity, set when it leaves that region (failover or a
+    # cross-region move): workers anywhere claim it there, so it runs once across regions.
+    origin: str | None = None
 
     def allowed_pools(self) -> tuple[str, ...]:
         if self.placement == "cpu_only":
@@ -66,8 +76,9 @@ class Job:
     def deadline_at(self) -> float:
         return self.submitted_at + self.deadline_seconds
 
-    def moved(self) -> Job:
-        return replace(self, moves=self.moves + 1)
+    def moved(self, origin: str | None = None) -> Job:
+        """The copy a move sends; `origin` is the sending region when the copy leaves it (kept if already set)."""
+        return replace(self, moves=self.moves + 1, origin=self.origin or origin)
 
     def to_message(self) -> dict[str, Any]:
         size: dict[str, Any] = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
@@ -84,10 +95,20 @@ class Job:
         }
         if self.region:
             body["region"] = self.region
+        if self.origin:
+            body["origin"] = self.origin
         return body
 
     def to_json(self) -> str:
-        return json.dumps(self.to_message(), separators=(",", ":"), sort_keys=True)
+        return json.dumps(self.to_message(), separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+    def fingerprint(self) -> str:
+        """What makes two submissions with one id the same job: everything but what changes as the job travels
+        (attempt, moves, origin). The ledger keeps it so a different job reusing the id is told
+        apart from a duplicate delivery (see docs/job-lifecycle.md)."""
+        content = {k: v for k, v in self.to_message().items() if k not in ("attempt", "moves", "origin")}
+        canonical = json.dumps(content, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 def parse_job(body: str | bytes | dict[str, Any]) -> Job:
@@ -96,6 +117,10 @@ def parse_job(body: str | bytes | dict[str, Any]) -> Job:
             raw = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise JobRejected(f"body is not JSON: {error}") from None
+        except (ValueError, RecursionError) as error:
+            # Valid JSON Python will not build: an integer over 4300 digits (ValueError) or nesting deeper
+            # than the interpreter's stack (RecursionError). Both are a producer's bug, never a job.
+            raise JobRejected(f"body is not a job: {type(error).__name__}: {str(error)[:120]}") from None
     else:
         raw = body
     if not isinstance(raw, dict):
@@ -106,7 +131,8 @@ def parse_job(body: str | bytes | dict[str, Any]) -> Job:
         return JobRejected(reason, job_id)
 
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    # `type(...) is int`: `true == 1` and `1.0 == 1` in Python, but neither is schema_version 1.
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise reject(f"schema_version={version!r}: this crossfleet reads schema_version {SCHEMA_VERSION}")
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
@@ -114,7 +140,7 @@ def parse_job(body: str | bytes | dict[str, Any]) -> Job:
     for required in ("id", "class", "placement", "size", "deadline_seconds", "submitted_at"):
         if required not in raw:
             raise reject(f"missing required field '{required}'")
-    if not isinstance(raw["id"], str) or not _ID.match(raw["id"]):
+    if not isinstance(raw["id"], str) or not _ID.fullmatch(raw["id"]):
         raise reject(f"id={raw['id']!r}: 1-128 characters of letters, digits, '_', '.', ':', '-'")
     job_class = raw["class"]
     if job_class not in JOB_CLASSES:
@@ -150,25 +176,32 @@ def parse_job(body: str | bytes | dict[str, Any]) -> Job:
     attempt = raw.get("attempt", 0)
     moves = raw.get("moves", 0)
     for name, value in (("attempt", attempt), ("moves", moves)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise reject(f"{name}={value!r}: a whole number at least 0")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNTER:
+            raise reject(f"{name}={value!r}: a whole number from 0 to {_MAX_COUNTER}")
     submitted_at = _timestamp(raw.get("submitted_at"), reject)
     payload = raw.get("payload", {})
     if not isinstance(payload, dict):
         raise reject("payload: an object (inline JSON) or {\"s3_uri\": \"s3://bucket/key\"}")
     if "s3_uri" in payload and not (isinstance(payload["s3_uri"], str) and payload["s3_uri"].startswith("s3://")):
         raise reject(f"payload.s3_uri={payload['s3_uri']!r}: an s3://bucket/key URI")
-    encoded = len(json.dumps(payload, separators=(",", ":")).encode())
+    try:
+        encoded = len(json.dumps(payload, separators=(",", ":"), allow_nan=False).encode())
+    except ValueError:  # NaN or Infinity: Python's json reads them, but they are not JSON and cannot be resent
+        raise reject("payload: JSON numbers only (NaN and Infinity are not JSON)") from None
     if encoded > MAX_INLINE_PAYLOAD_BYTES:
         raise reject(f"payload is {encoded} bytes inline; the limit is {MAX_INLINE_PAYLOAD_BYTES}: upload it to S3 "
                      "and send {\"s3_uri\": \"s3://bucket/key\"} instead")
     region = raw.get("region")
     if region is not None and region not in US_REGIONS:
         raise reject(f"region={region!r}: a US region pin, one of {', '.join(US_REGIONS)}, or absent")
+    origin = raw.get("origin")
+    if origin is not None and origin not in US_REGIONS:
+        raise reject(f"origin={origin!r}: the US region whose ledger holds the job, one of {', '.join(US_REGIONS)}")
     return Job(id=raw["id"], job_class=job_class, placement=placement, preference=preference,
                input_tokens=input_tokens, output_tokens=output_tokens, cpu_seconds=cpu_seconds,
                gpu_seconds=gpu_seconds, deadline_seconds=float(deadline), priority=priority,
-               submitted_at=submitted_at, attempt=attempt, moves=moves, payload=payload, region=region)
+               submitted_at=submitted_at, attempt=attempt, moves=moves, payload=payload, region=region,
+               origin=origin)
 
 
 def _count(size: dict[str, Any], key: str, reject: Any) -> int:
@@ -188,16 +221,20 @@ def _seconds(size: dict[str, Any], key: str, reject: Any) -> float | None:
 
 
 def _timestamp(value: Any, reject: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    if isinstance(value, str):
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             pass
         else:
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    raise reject(f"submitted_at={value!r}: epoch seconds or an ISO 8601 timestamp")
+            seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if seconds is None or not math.isfinite(seconds) or not 0 < seconds <= _LATEST_SUBMITTED_AT:
+        raise reject(f"submitted_at={value!r}: epoch seconds or an ISO 8601 timestamp, above 0 and before "
+                     "2100-01-01 (UTC)")
+    return seconds
 
 
 def job_summary(job: Job) -> dict[str, Any]:

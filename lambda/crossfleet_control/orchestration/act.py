@@ -59,7 +59,9 @@ def apply(deps: Dependencies, decision: Decision, received: list[ReceivedJob], h
         if region is None:
             accepted = deps.queues.send_jobs(destination, [r.job.moved() for r in jobs])
         elif deps.forwarder is not None:
-            accepted = deps.forwarder.send_jobs(region, [r.job.moved() for r in jobs])
+            # The copy names this region as its origin: whichever copy a worker claims first (this one, or the
+            # original if its delete fails), it claims in this region's ledger, so it runs once.
+            accepted = deps.forwarder.send_jobs(region, [r.job.moved(origin=settings.region) for r in jobs])
             destination = f"{region}/{destination}"
         else:
             accepted = set()

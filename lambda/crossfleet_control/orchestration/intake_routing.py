@@ -68,7 +68,18 @@ class Router:
             self.reject(body, rejected.reason, rejected.job_id)
             return
         if job.region and job.region != self.settings.region:
+            configured = (self.settings.region, *self.settings.peer_gpu_queue_urls)
+            if job.region not in configured:
+                # A valid US region this deployment does not run in: no queue there will ever exist, so
+                # retrying cannot help (it only ends in the intake DLQ without a reason).
+                self.reject(body, f"region={job.region!r}: not a region of this deployment; one of "
+                                  f"{', '.join(configured)}, or absent", job.id)
+                return
             self._forward(job)
+            return
+        conflict = self._id_conflict(job)
+        if conflict:
+            self.reject(body, conflict, job.id)
             return
         region, pool, why = place(job, view.pools, view.failover)
         if region is not None and region in self.settings.peer_gpu_queue_urls:
@@ -81,11 +92,26 @@ class Router:
             self._queues().send_to_pool(pool, job)
         self.metrics.add("Routed", 1, Pool=pool)
         try:
-            if not self.ledger.record_queued(job.id, pool=pool, region=region, via=f"router: {why}"):
+            if not self.ledger.record_queued(job.id, pool=pool, region=region, via=f"router: {why}",
+                                             fingerprint=job.fingerprint()):
                 self.metrics.add("DuplicateSubmissions")
         except Exception:
             # The job is durable in its pool queue; the worker's claim creates the ledger entry if this did not.
             self.metrics.add("Errors", 1, Operation="ledger.record_queued")
+
+    def _id_conflict(self, job: Job) -> str | None:
+        """The reason to refuse a job whose id the ledger holds for a different job (another fingerprint), or
+        None. Same id and fingerprint is a duplicate: sent again (the worker settles it), in case the first
+        send is the one that failed. An unreadable ledger is no conflict here: the worker's claim checks too."""
+        try:
+            head = self.ledger.head(job.id)
+        except Exception:
+            self.metrics.add("Errors", 1, Operation="ledger.head")
+            return None
+        if not head or head.get("status") == "rejected" or head.get("fingerprint") in (None, job.fingerprint()):
+            return None
+        return (f"id={job.id!r}: already names a different job in this deployment (status {head.get('status')}); "
+                "resubmit with a new id")
 
     def _forward(self, job: Job) -> None:
         """A job pinned to another configured region goes to that region's intake queue, unchanged."""

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from crossfleet_control.aws.controller_state import LeaseLost
+from crossfleet_control.aws.dead_letters import DEAD_LETTERS_PER_CYCLE, reconcile_dead_letters
 from crossfleet_control.aws.queues import MalformedMessage, ReceivedJob
 from crossfleet_control.core import policy
 from crossfleet_control.core.policy_types import (
@@ -102,6 +103,13 @@ def _cycle(deps: Dependencies, holder: str, fence: int, time_left: Callable[[], 
         # Poison messages are quarantined with their reason in either mode: they can never run (case 11).
         if deps.queues.dead_letter(message, settings.deployment):
             metrics.add("Quarantined", 1, Pool=message.pool)
+    if deps.ledger is not None:
+        # Bookkeeping, in either mode: a job SQS dead-lettered by itself gets its outcome in the ledger.
+        for pool in settings.pools:
+            if deps.queues.dead_letter_urls.get(pool) and time_left() > 0:
+                done = reconcile_dead_letters(deps.queues, deps.ledger, pool, limit=DEAD_LETTERS_PER_CYCLE,
+                                              time_left=time_left)
+                metrics.add("DeadLettersReconciled", done.settled, Pool=pool)
 
     decision = policy.decide(observation, specs, settings.policy, memory,
                              [QueuedJob(pool=r.pool, job=r.job) for r in received])

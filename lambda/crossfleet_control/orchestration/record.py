@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+from crossfleet_control.aws.dead_letters import DEAD_LETTERS_PER_CYCLE
 from crossfleet_control.aws.health_store import WRITE_ATTEMPTS
 from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.core.capacity_health import (
@@ -84,4 +85,7 @@ def api_call_bound(settings: Settings) -> int:
     fixed += 3 if settings.endpoint else 0
     batches = math.ceil(settings.policy.move_budget / 10) + len(settings.pools)
     ledger_writes = math.ceil(settings.policy.move_budget / 25) + len(settings.pools)
-    return fixed + 4 * batches + ledger_writes + 2 * settings.policy.move_budget
+    # Dead-letter reconciliation per pool: one receive per 10 DLQ messages read, and per message at most a
+    # ledger update, its history write (or a head read), an envelope send and a delete (or a release).
+    reconcile = len(settings.pools) * (math.ceil(DEAD_LETTERS_PER_CYCLE / 10) + 4 * DEAD_LETTERS_PER_CYCLE)
+    return fixed + 4 * batches + ledger_writes + 2 * settings.policy.move_budget + reconcile
