@@ -165,6 +165,36 @@ BAD_INPUTS = [
     pytest.param({"rebalancer": {"mode": "enforcing"}},
                  "crossfleet config: rebalancer.mode = 'enforcing' is not allowed: one of observe, enforce",
                  id="bad-mode"),
+    # Pairs that are each valid alone but repeat or lose jobs together (issue 17).
+    pytest.param({"queues": {"visibility_timeout_seconds": 30}, "worker": {"heartbeat_seconds": 3600}},
+                 "crossfleet config: worker.heartbeat_seconds = 3600 is not allowed: at most a third of "
+                 "queues.visibility_timeout_seconds (30 s), so a run renews its lease at least 3 times a lease: at "
+                 "most 10",
+                 id="heartbeat-outlives-the-lease"),
+    pytest.param({"queues": {"max_receive_count": 1}, "worker": {"max_attempts": 100}},
+                 "crossfleet config: queues.max_receive_count = 1 is not allowed: at least worker.max_attempts + 2 "
+                 "(102), so SQS's redrive never ends a job before its attempts do",
+                 id="redrive-before-the-attempts-are-spent"),
+    pytest.param({"worker": {"drain_seconds": 30}},
+                 "crossfleet config: worker.drain_seconds = 30 is not allowed: at least 60: the scale-in hook's "
+                 "timeout, of which 30 s are kept to requeue and complete",
+                 id="drain-with-no-time-to-drain"),
+    pytest.param({"worker": {"cpu_runner": {"kind": "command", "argv": ["run.py", "{payload}"]}}},
+                 "crossfleet config: worker.cpu_runner.argv[1] = '{payload}' is not allowed: only the placeholders "
+                 "{job_id}, {input}, {output} (not {payload}); write {{ and }} for literal braces",
+                 id="argv-placeholder-the-runner-never-fills"),
+    pytest.param({"worker": {"gpu_runner": {"kind": "command"}}},
+                 "crossfleet config: worker.gpu_runner.argv = [] is not allowed: the command to run, e.g. "
+                 "[\"python3\", \"run.py\", \"{input}\", \"{output}\"]",
+                 id="command-runner-without-a-command"),
+    pytest.param({"worker": {"cpu_runner": {"kind": "command", "argv": ["run.py", 7]}}},
+                 "crossfleet config: worker.cpu_runner.argv = ['run.py', 7] is not allowed: a list of strings (the "
+                 "command line)",
+                 id="argv-not-strings"),
+    pytest.param([], "crossfleet config: <root> = [] is not allowed: an object (JSON mapping)",
+                 id="top-level-list"),
+    pytest.param(False, "crossfleet config: <root> = False is not allowed: an object (JSON mapping)",
+                 id="top-level-false"),
 ]
 
 
@@ -221,3 +251,36 @@ def test_app_prints_one_line_and_no_stack_trace_on_bad_config():
     assert result.stderr.strip() == ("crossfleet config: regions[0].graviton_fleet.min_size = 9 is not allowed: "
                                      "at most max_size (3)")
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("null", "a JSON object with the crossfleet block's keys (the file holds null)"),
+    ("[]", "a JSON object with the crossfleet block's keys (the file holds [])"),
+    ("false", "a JSON object with the crossfleet block's keys (the file holds false)"),
+    ('{"worker": {"max_attempts": ' + "9" * 5000 + "}}", "a JSON config file (Exceeds the limit (4300 digits) "
+                                                         "for integer string conversion)"),
+    ("[" * 100_000 + "]" * 100_000, "a JSON config file (nested too deeply)"),
+])
+def test_a_config_file_that_is_not_an_object_is_one_line_not_the_defaults(tmp_path: Path, content, expected):
+    """A file holding [], null or false used to give every default silently; a huge integer or deep nesting a
+    traceback."""
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        load_from_context({"config": "config.json"}.get, tmp_path)
+    assert str(caught.value) == f"crossfleet config: config = 'config.json' is not allowed: {expected}"
+
+
+def test_a_command_line_may_repeat_an_argument_and_escape_braces():
+    config = parse_config({"worker": {"cpu_runner": {"kind": "command", "argv": [
+        "run.py", "-v", "-v", "--in", "{input}", "--out", "{output}", "--meta", "{{literal}}", "{job_id}"]}}})
+    assert config.worker.cpu_runner["argv"][1:3] == ["-v", "-v"]
+
+
+def test_a_directory_or_non_utf8_bytes_are_one_line(tmp_path: Path):
+    (tmp_path / "bytes.json").write_bytes(b"\xff\xfe{}")
+    for name, expected in [(".", "a path to an existing JSON config file"),
+                           ("bytes.json", "a readable UTF-8 JSON file (UnicodeDecodeError)")]:
+        with pytest.raises(ConfigError) as caught:
+            load_from_context({"config": name}.get, tmp_path)
+        assert str(caught.value).endswith(expected)

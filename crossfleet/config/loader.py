@@ -31,6 +31,14 @@ def read_config_file(path: Path, *, key: str = FILE_CONTEXT_KEY, shown: str | No
         raise ConfigError(key, name, f"valid JSON ({error.msg} at line {error.lineno})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(key, name, f"a readable UTF-8 JSON file ({type(error).__name__})") from None
+    except (ValueError, RecursionError) as error:
+        # A 5,000-digit integer (int conversion limit) or nesting past the parser's depth: not a config.
+        what = "nested too deeply" if isinstance(error, RecursionError) else str(error).split(":")[0]
+        raise ConfigError(key, name, f"a JSON config file ({what})") from None
+    if not isinstance(raw, dict):
+        # [], null or false would otherwise give every default without a word.
+        raise ConfigError(key, name, f"a JSON object with the crossfleet block's keys (the file holds "
+                                     f"{json.dumps(raw)[:40]})")
     return parse_config(raw)
 
 

@@ -92,7 +92,7 @@ _REGION_KEYS = ("region", "availability_zones", "graviton_fleet", "accelerator_c
 
 
 def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
-    top = p.section(raw or {}, "", _TOP_KEYS)
+    top = p.section(raw, "", _TOP_KEYS)
     name = _name(top, "name", "crossfleet")
     stage = _name(top, "stage", "dev")
     account = top.get("account")
@@ -121,7 +121,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
             if region.accelerator_cluster.kind != "nvidia":
                 raise ConfigError(f"regions[{index}].accelerator_cluster.kind", region.accelerator_cluster.kind,
                                   "nvidia while realtime is enabled (the GPU model server is vLLM on CUDA)")
-    return AppConfig(
+    config = AppConfig(
         name=name, stage=stage, account=account, regions=tuple(regions), network=network,
         queues=parse_queues(top.get("queues")), state=parse_state(top.get("state")),
         rebalancer=parse_rebalancer(top.get("rebalancer")),
@@ -129,6 +129,31 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
         monitoring=parse_monitoring(top.get("monitoring")),
         realtime=realtime,
     )
+    _cross_check(config)
+    return config
+
+
+def _cross_check(config: AppConfig) -> None:
+    """Pairs of settings that are each valid alone but lose or repeat jobs together."""
+    queues, worker = config.queues, config.worker
+    if worker.heartbeat_seconds * 3 > queues.visibility_timeout_seconds:
+        # A job's claim is its message's visibility: renewing less often than three times a lease lets one or two
+        # failed renewals lapse it mid-run, and another worker then takes the job (docs/job-lifecycle.md).
+        raise ConfigError("worker.heartbeat_seconds", worker.heartbeat_seconds,
+                          f"at most a third of queues.visibility_timeout_seconds "
+                          f"({queues.visibility_timeout_seconds} s), so a run renews its lease at least 3 times a "
+                          f"lease: at most {queues.visibility_timeout_seconds // 3}")
+    if queues.max_receive_count < worker.max_attempts + 2:
+        # Each attempt is a receive, and so is a delivery that finds the job claimed elsewhere or one the
+        # rebalancer samples: with fewer receives than attempts plus two, SQS's own redrive dead-letters a job
+        # before its attempts are spent.
+        raise ConfigError("queues.max_receive_count", queues.max_receive_count,
+                          f"at least worker.max_attempts + 2 ({worker.max_attempts + 2}), so SQS's redrive never "
+                          "ends a job before its attempts do")
+    if worker.drain_seconds < 60:
+        # The drain is the lifecycle hook's timeout less 30 s kept for the requeue and the completion call.
+        raise ConfigError("worker.drain_seconds", worker.drain_seconds,
+                          "at least 60: the scale-in hook's timeout, of which 30 s are kept to requeue and complete")
 
 
 def _name(raw: Mapping[str, Any], key: str, default: str) -> str:

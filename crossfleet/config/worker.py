@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,9 @@ class WorkerConfig:
     drain_seconds: int
 
 
+# What the command runner substitutes into argv (worker/crossfleet_worker/runners.py CommandRunner).
+ARGV_PLACEHOLDERS = ("job_id", "input", "output")
+
 # Local model servers: llama.cpp's server on the Graviton pool, vLLM on the GPU pool (OpenAI-style APIs).
 DEFAULT_RUNNERS = {"cpu": {"kind": "http", "url": "http://127.0.0.1:8080/v1/completions"},
                    "gpu": {"kind": "http", "url": "http://127.0.0.1:8000/v1/completions"}}
@@ -42,7 +46,25 @@ def _runner(raw: Any, path: str, default: dict[str, Any]) -> dict[str, Any]:
         if s.get("model") is not None:
             runner["model"] = str(s["model"])
     else:
-        runner["argv"] = list(p.string_list(s, path, "argv", ()))
+        # Not p.string_list: a command line may repeat an argument (-v -v), which that refuses.
+        argv = s.get("argv", [])
+        if not isinstance(argv, list) or not all(isinstance(arg, str) for arg in argv):
+            raise ConfigError(p.join(path, "argv"), argv, "a list of strings (the command line)")
+        if not argv:
+            raise ConfigError(p.join(path, "argv"), [], "the command to run, e.g. [\"python3\", \"run.py\", "
+                                                         "\"{input}\", \"{output}\"]")
+        for i, arg in enumerate(argv):
+            # The runner fills these with str.format: anything else would fail every job at run time.
+            try:
+                names = {name for _, name, _, _ in string.Formatter().parse(arg) if name is not None}
+            except ValueError as error:
+                raise ConfigError(p.join(p.join(path, "argv"), i), arg, f"a valid template ({error})") from None
+            unknown = sorted(names - set(ARGV_PLACEHOLDERS))
+            if unknown:
+                raise ConfigError(p.join(p.join(path, "argv"), i), arg,
+                                  f"only the placeholders {', '.join('{' + n + '}' for n in ARGV_PLACEHOLDERS)} "
+                                  f"(not {{{unknown[0]}}}); write {{{{ and }}}} for literal braces")
+        runner["argv"] = list(argv)
     return runner
 
 
