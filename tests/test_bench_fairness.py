@@ -121,3 +121,41 @@ def test_every_shipped_scenarios_events_change_what_crossfleet_does(path: Path):
     without, _ = simulate(parse_scenario({**raw, "events": []}), "crossfleet")
     decided = ("instance_hours", "moves", "slo_attainment")
     assert any(with_events[k] != without[k] for k in decided), {k: with_events[k] for k in decided}
+
+
+# -- the target tracking rules every baseline scales by (crossfleet/sim/autoscaling.py) -------------------------
+def run_tracker(points: list[tuple[float, int, int]], desired: int, target: float = 10.0) -> list[int]:
+    """Feed (load, in_service, warming) datapoints; return the desired capacity after each."""
+    from crossfleet.sim.autoscaling import TargetTracker
+
+    tracker = TargetTracker(target)
+    out = []
+    for load, in_service, warming in points:
+        desired = tracker.step(load=load, in_service=in_service, warming=warming, desired=desired, min_size=0,
+                               max_size=100)
+        out.append(desired)
+    return out
+
+
+def test_tracker_scale_in_needs_15_datapoints_below_90_percent_of_target():
+    # 8 instances, load 40 = 5 per instance (50% of the target): 14 datapoints remove nothing, the 15th does.
+    assert run_tracker([(40, 8, 0)] * 14, 8) == [8] * 14
+    assert run_tracker([(40, 8, 0)] * 15, 8)[-1] == 4, "proportional: ceil(40 / 10)"
+    # One datapoint at 95% of the target resets the window: below the target is not enough, 10% below is.
+    points = [(40, 8, 0)] * 10 + [(76, 8, 0)] + [(40, 8, 0)] * 14
+    assert run_tracker(points, 8)[-1] == 8
+    assert run_tracker([(79, 8, 0)] * 30, 8) == [8] * 30, "9.9 per instance: never 10% below target"
+
+
+def test_tracker_does_not_scale_in_while_an_instance_warms_up():
+    assert run_tracker([(0, 8, 1)] * 20, 9) == [9] * 20
+    assert run_tracker([(0, 8, 1)] * 14 + [(0, 8, 0)], 9)[-1] == 0
+
+
+def test_tracker_scale_out_needs_3_datapoints_and_is_proportional():
+    assert run_tracker([(200, 4, 0)] * 2, 4) == [4, 4]
+    assert run_tracker([(200, 4, 0)] * 3, 4)[-1] == 20, "ceil(4 x 50 / 10)"
+    # Warming instances count as capacity: the same breach again adds nothing more.
+    assert run_tracker([(200, 4, 0)] * 3 + [(200, 4, 16)] * 3, 4)[3:] == [20, 20, 20]
+    # No instance in service yet: the metric divides by one (favours the baseline; AWS would see no data).
+    assert run_tracker([(25, 0, 0)] * 3, 0)[-1] == 3

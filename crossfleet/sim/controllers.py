@@ -7,6 +7,7 @@ import math
 import zlib
 from collections.abc import Callable
 
+from crossfleet.sim.autoscaling import TargetTracker
 from crossfleet.sim.engine import JobRecord, Pool, Simulation
 from crossfleet_control.core import policy
 from crossfleet_control.core.capacity_health import (
@@ -110,41 +111,41 @@ class CrossfleetPolicy:
 
 
 class TargetTracking:
-    """Each fleet scales on backlog per instance (AWS's SQS guidance), no moving; routing is fixed by a rule.
+    """Each fleet scales by AWS target tracking on backlog per instance (`autoscaling.TargetTracker`), no moving;
+    routing is fixed by a rule (the producer's preference, GPU first, CPU first, or a static split).
 
-    Scale-out is immediate; scale-in waits a 300 s cooldown, as target tracking does by default. The backlog
-    counts in-flight jobs as well as visible ones, which is kinder to the baseline than visible messages alone.
+    The knob is the acceptable latency of AWS's SQS guidance: target backlog per instance = latency / time per
+    message = latency x streams / mean job seconds. It defaults to the rebalancer's `target_wait_seconds`, the
+    same number crossfleet is given.
     """
 
-    def __init__(self, name: str, router: Callable[[JobRecord], str], target_wait_seconds: float = 120.0,
-                 cooldown_seconds: float = 300.0) -> None:
+    def __init__(self, name: str, router: Callable[[JobRecord], str], target_wait_seconds: float = 120.0) -> None:
         self.name = name
         self.router = router
         self.target_wait_seconds = target_wait_seconds
-        self.cooldown_seconds = cooldown_seconds
-        self.last_scale_in: dict[str, float] = {}
+        self.trackers: dict[str, TargetTracker] = {}
 
     def route(self, record: JobRecord) -> str:
         return self.router(record)
 
+    def target_backlog(self, pool: Pool) -> float:
+        return pool.profile.streams * self.target_wait_seconds / pool.spec.mean_job_seconds
+
     def control(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> None:
         for pool in pools.values():
             telemetry = pool.telemetry(now)
-            per_instance = pool.profile.streams * self.target_wait_seconds / pool.spec.mean_job_seconds
+            tracker = self.trackers.setdefault(pool.key, TargetTracker(self.target_backlog(pool)))
             backlog = (telemetry.visible or 0) + (telemetry.in_flight or 0)
-            track_target(sim, pool, math.ceil(backlog / per_instance), now, self.last_scale_in, self.cooldown_seconds)
+            apply_tracker(sim, pool, tracker, backlog, now)
             sim.api_calls += 1  # the custom backlog-per-instance metric, published once per pool per period
 
 
-def track_target(sim: Simulation, pool: Pool, want: int, now: float, last_scale_in: dict[str, float],
-                 cooldown_seconds: float) -> None:
-    """One target-tracking step as AWS runs it: scale out at once, scale in after the cooldown."""
-    want = policy.clamp(want, pool.spec.min_size, pool.spec.max_size)
-    if want > pool.desired:
-        sim.set_desired(pool, want, now)
-    elif want < pool.desired and now - last_scale_in.get(pool.key, -math.inf) >= cooldown_seconds:
-        sim.set_desired(pool, want, now)
-        last_scale_in[pool.key] = now
+def apply_tracker(sim: Simulation, pool: Pool, tracker: TargetTracker, load: float, now: float) -> None:
+    telemetry = pool.telemetry(now)
+    desired = tracker.step(load=load, in_service=telemetry.in_service or 0, warming=telemetry.pending or 0,
+                           desired=pool.desired, min_size=pool.spec.min_size, max_size=pool.spec.max_size)
+    if desired != pool.desired:
+        sim.set_desired(pool, desired, now)
 
 
 def _preferred(record: JobRecord) -> str:
