@@ -40,8 +40,13 @@ class CrossfleetPolicy:
 
     name = "crossfleet"
 
-    def __init__(self, settings: PolicySettings) -> None:
+    def __init__(self, settings: PolicySettings, *, failover: bool = True, capacity_health: bool = True) -> None:
         self.settings = settings
+        # Ablation switches, each a deployment-level input to the unchanged policy: `failover=False` is a
+        # single-region deployment (no peers configured, nothing published); `capacity_health=False` never tells
+        # the breakers about failed launches (every pool always looks healthy).
+        self.failover = failover
+        self.capacity_health = capacity_health
         self.memory: dict[str, ControllerMemory] = {}
         self.breakers: dict[tuple[str, str], dict[Offering, Breaker]] = {}
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # failed and successful launches already signalled
@@ -52,12 +57,15 @@ class CrossfleetPolicy:
     def route(self, record: JobRecord) -> str | tuple[str, str]:
         health = {pool: PoolHealth(h.admit, h.reason, h.short)
                   for pool, h in self.health.get(record.region, {}).items()}
-        others = tuple(r for r in self.summaries if r != record.region)
+        others = tuple(r for r in self.summaries if r != record.region) if self.failover else ()
         target, pool, _ = place(record.job, health, failover_target(
             {r: self.summaries[r] for r in others}, others, self.now, self.settings.stale_peer_seconds))
         return (target, pool) if target is not None else pool
 
     def _signal(self, now: float, region: str, pools: dict[str, Pool]) -> None:
+        if not self.capacity_health:
+            self.health.setdefault(region, {})
+            return
         for name, pool in pools.items():
             key = (region, name)
             breakers = self.breakers.setdefault(key, {})
@@ -79,7 +87,7 @@ class CrossfleetPolicy:
         specs = {name: pool.spec for name, pool in pools.items()}
         telemetry = {name: pool.telemetry(now) for name, pool in pools.items()}
         observation = Observation(now=now, pools=telemetry, health=self.health[region], region=region,
-                                  configured_regions=tuple(sim.pools),
+                                  configured_regions=tuple(sim.pools) if self.failover else (region,),
                                   peers={r: s for r, s in self.summaries.items() if r != region})
         calls = IDLE_CYCLE_CALLS + len(sim.pools) - 1
         sampled: dict[str, list[JobRecord]] = {}
@@ -105,7 +113,7 @@ class CrossfleetPolicy:
                 sim.set_desired(pools[name], pool_decision.desired, now)
                 calls += 1
         summary = policy.region_summary(observation, specs, self.settings, decision)
-        if summary is not None:
+        if summary is not None and self.failover:
             self.summaries[region] = summary
         sim.api_calls += calls
 
@@ -169,11 +177,13 @@ def _split(record: JobRecord) -> str:
 POLICIES = ("crossfleet", "gpu-only", "cpu-only", "static-split", "target-tracking")
 
 
-def make_controller(name: str, settings: PolicySettings) -> CrossfleetPolicy | TargetTracking:
+def make_controller(name: str, settings: PolicySettings, *, target_wait_seconds: float | None = None,
+                    failover: bool = True, capacity_health: bool = True) -> CrossfleetPolicy | TargetTracking:
     if name == "crossfleet":
-        return CrossfleetPolicy(settings)
+        return CrossfleetPolicy(settings, failover=failover, capacity_health=capacity_health)
     routers = {"gpu-only": _gpu_first, "cpu-only": _cpu_first, "static-split": _split,
                "target-tracking": _preferred}
     if name not in routers:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
-    return TargetTracking(name, routers[name], target_wait_seconds=settings.target_wait_seconds)
+        raise ValueError(f"unknown policy {name!r}; queue policies: {', '.join(POLICIES)}")
+    wait = settings.target_wait_seconds if target_wait_seconds is None else target_wait_seconds
+    return TargetTracking(name, routers[name], target_wait_seconds=wait)

@@ -27,6 +27,7 @@ from crossfleet_control.core.policy_types import PoolSpec, PoolTelemetry
 from crossfleet_control.core.service_model import InstanceProfile
 from crossfleet_control.core.settings import pool_spec
 
+MIN_BILLED_SECONDS = 60.0
 LAUNCH_FAILURE_WINDOW = 900.0  # seconds of failed launches the controller is shown, as the Lambda reads them
 
 
@@ -427,6 +428,9 @@ class Simulation:
             for instance in pool.billing:
                 start = max(t0, instance.launched_at)
                 stop = t1 if instance.terminated_at is None else min(t1, instance.terminated_at)
+                if instance.terminated_at is not None and instance.terminated_at <= t1:
+                    # EC2 bills Linux instances per second with a 60 s minimum [A: Amazon EC2 pricing].
+                    stop = max(stop, min(t1, instance.launched_at + MIN_BILLED_SECONDS))
                 if stop > start:
                     seconds = stop - start
                     pool.instance_seconds += seconds

@@ -133,12 +133,13 @@ class RequestCountTracking:
             apply_tracker(sim, pool, tracker, count, now)
 
 
-def make_serving_controller(name: str, settings: PolicySettings, scenario: ServingScenario,
-                            period_seconds: float) -> CrossfleetServing | RequestCountTracking:
+def make_serving_controller(name: str, settings: PolicySettings, scenario: ServingScenario, period_seconds: float,
+                            *, target_utilization: float | None = None) -> CrossfleetServing | RequestCountTracking:
+    utilization = TARGET_UTILIZATION if target_utilization is None else target_utilization
     if name == "serving-crossfleet":
         return CrossfleetServing(settings, scenario, period_seconds)
     if name == "serving-gpu-only":
-        return RequestCountTracking(name, 100)
+        return RequestCountTracking(name, 100, utilization)
     if name == "serving-target-tracking":
-        return RequestCountTracking(name, scenario.initial_gpu_weight)
-    raise ValueError(f"unknown serving policy {name!r}; known: {', '.join(SERVING_POLICIES)}")
+        return RequestCountTracking(name, scenario.initial_gpu_weight, utilization)
+    raise ValueError(f"unknown serving policy {name!r}; serving policies: {', '.join(SERVING_POLICIES)}")
