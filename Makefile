@@ -58,7 +58,7 @@ lint: setup
 	$(PY) -m mypy
 
 # The shipped scenarios read the Azure code trace from ../shared/traces (see README: Data).
-SCENARIOS := steady burst gpu-shortage spot-wave price-change realtime
+SCENARIOS := steady burst gpu-shortage spot-wave realtime
 bench: setup
 	@for s in $(SCENARIOS); do \
 		echo "==> bench $$s"; \

@@ -15,6 +15,8 @@ from crossfleet.config.offerings import offerings
 from crossfleet_control.core.jobs import JOB_CLASSES, PLACEMENTS
 
 POOLS = ("cpu", "gpu")
+# The Azure code trace as the dataset names it, and as the shipped scenarios (and ../shared/traces) name it.
+TRACE_NAMES = ("azure_llm_inference_2023_code.csv", "AzureLLMInferenceTrace_code.csv")
 EVENT_TYPES = ("capacity", "spot_interruption", "price")
 
 
@@ -209,9 +211,16 @@ def _trace(raw: Any, base_dir: Path, regions: tuple[str, ...], override: str | N
         raise ConfigError(p.join(path, "path"), trace_path, "a path to an Azure LLM inference trace CSV")
     resolved = Path(trace_path) if Path(trace_path).is_absolute() or override else base_dir / trace_path
     if not resolved.exists():
-        raise ConfigError(p.join(path, "path"), str(resolved),
-                          "an existing CSV with TIMESTAMP,ContextTokens,GeneratedTokens (download "
-                          "AzureLLMInferenceTrace_code.csv from github.com/Azure/AzurePublicDataset)")
+        # The dataset's own file name and the name the shipped scenarios use are the same trace: accept either.
+        for alias in TRACE_NAMES:
+            if resolved.name in TRACE_NAMES and (resolved.parent / alias).exists():
+                resolved = resolved.parent / alias
+                break
+    if not resolved.exists():
+        raise ConfigError(p.join(path, "path"), str(resolved.resolve()),
+                          f"an existing CSV with TIMESTAMP,ContextTokens,GeneratedTokens; a relative path is read "
+                          f"from the scenario's folder ({base_dir.resolve()}); pass --trace PATH, or download "
+                          f"data/AzureLLMInferenceTrace_code.csv from github.com/Azure/AzurePublicDataset")
     placement = p.choice(s, path, "placement", "either", PLACEMENTS)
     return TraceWorkload(path=str(resolved), rate_scale=_number(s, path, "rate_scale", 1.0, 0.01, 1000),
                          placement=placement, preference=p.choice(s, path, "preference", "gpu", POOLS),
