@@ -64,6 +64,8 @@ bench: setup
 		echo "==> bench $$s"; \
 		$(PY) -m crossfleet bench --scenario scenarios/$$s.json --out bench-out/$$s || exit 1; \
 	done
+	@echo "==> README benchmark tables (generated from bench-out/*/bench.json)"
+	$(PY) -m crossfleet.sim.report bench-out --readme README.md
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache .hypothesis

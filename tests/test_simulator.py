@@ -262,3 +262,19 @@ def test_serving_shifts_traffic_to_graviton_while_gpus_cannot_launch_and_back_af
     gpu_requests = [r for r in sim.records if r.regions_run and r.pools_run == ["gpu"]
                     and r.start is not None and 600 + 120 <= r.start < 1200]
     assert not gpu_requests, "nothing ran on GPUs that were not there"
+
+
+def test_readme_tables_are_generated_from_bench_json(tmp_path: Path):
+    from crossfleet.sim.report import BEGIN, END, main
+
+    report = bench(parse_scenario(small_scenario(duration_seconds=300)), tmp_path / "small",
+                   policies=("crossfleet", "gpu-only"), workers=1, integer_time_limit_seconds=5)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\nstale\n{END}\noutro\n")
+    assert main([str(tmp_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{END}\noutro\n") and "stale" not in text
+    assert f"| crossfleet | ${report['policies']['crossfleet']['cost_usd']:,.2f} |" in text
+    assert "no-moves" in text and "knob 20" in text
+    real = (ROOT / "README.md").read_text()
+    assert BEGIN in real and END in real, "the README's benchmark tables sit between the generator's markers"

@@ -365,7 +365,7 @@ def bench_table(report: dict[str, Any]) -> str:
     integer = "n/a"
     if bounds["integer_usd"] is not None:
         integer = f"${bounds['integer_usd']:.2f} (gap {bounds['integer_gap'] or 0:.1%})"
-    width = max(20, *(len(name) + 2 for name in (*policies, *report["ablations"])))
+    width = max(20, *(len(name) + 2 for name in policies), *(len(name) + 13 for name in report["ablations"]))
     serving = any("ttft_p99_seconds" in r for r in policies.values())
     lines = [f"scenario {report['scenario']}: {report['jobs']} jobs; proven lower bound ${bound:.2f} "
              f"(fluid LP ${bounds['fluid_usd']:.2f}, integer MILP {integer})",
