@@ -67,12 +67,14 @@ lint: setup
 	$(PY) -m mypy
 
 # The shipped scenarios read the Azure code trace from ../shared/traces (see README: Data).
-SCENARIOS := steady burst gpu-shortage spot-wave price-change realtime
+SCENARIOS := steady burst gpu-shortage spot-wave realtime
 bench: setup
 	@for s in $(SCENARIOS); do \
 		echo "==> bench $$s"; \
 		$(PY) -m crossfleet bench --scenario scenarios/$$s.json --out bench-out/$$s || exit 1; \
 	done
+	@echo "==> README benchmark tables (generated from bench-out/*/bench.json)"
+	$(PY) -m crossfleet.sim.report bench-out --readme README.md
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache .hypothesis

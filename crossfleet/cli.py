@@ -45,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", help="replay a scenario through one policy")
     simulate.add_argument("--scenario", required=True, help="scenario JSON file (see scenarios/)")
-    simulate.add_argument("--policy", default="crossfleet",
-                          help="crossfleet, gpu-only, cpu-only, static-split or target-tracking")
+    simulate.add_argument("--policy", default=None,
+                          help="queue scenarios: crossfleet, gpu-only, cpu-only, static-split, target-tracking; "
+                               "real-time scenarios (with a `serving` section): serving-crossfleet, "
+                               "serving-gpu-only, serving-target-tracking (default: the scenario's crossfleet)")
     simulate.add_argument("--trace", help="an Azure LLM inference trace CSV to use instead of the scenario's")
     simulate.add_argument("--seed", type=int, help="override the scenario's seed")
     simulate.add_argument("--out", help="directory for result.json and plots")
@@ -195,7 +197,8 @@ def _main(argv: list[str] | None) -> int:
         from crossfleet.sim.run import simulate, write_result
 
         try:
-            result, sim = simulate(scenario, args.policy, progress=progress)
+            policy = args.policy or ("serving-crossfleet" if scenario.serving is not None else "crossfleet")
+            result, sim = simulate(scenario, policy, progress=progress)
         except ValueError as error:
             print(f"crossfleet: {error}", file=sys.stderr)
             return EXIT_USAGE

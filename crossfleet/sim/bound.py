@@ -1,123 +1,259 @@
-"""An offline lower bound on cost: a linear program with perfect knowledge of every arrival.
+"""Offline lower bounds on cost, with perfect knowledge of every arrival: a fluid LP and a clairvoyant MILP.
 
-Per region, time is cut into control periods. The LP chooses how many instances (fractional, no boot time)
-each pool has in each period, never fewer than its minimum nor more than its maximum or an active capacity
-limit, and which period and pool serves each period's arrivals (by placement), any time from arrival to the end
-of the run. A job needs its full-concurrency instance-seconds (job seconds / streams): the least any
-schedule can spend on it under the service model. Deadlines are not constraints, so the bound holds for every
-policy whatever its SLO attainment; `deadline_bound_cost` adds them, the cheaper target for a policy that keeps
-its SLO. Moving work between regions is not allowed, as no policy here does it. With 60 s deadlines the first
-bound provisions for the mean rate while any on-time policy must provision for the peaks: compare against both.
-Solved with HiGHS through scipy.
+Both cut time into slots (30 s: half a control period, so every policy's launches fall on slot boundaries) and
+pool work across regions (crossfleet forwards GPU work to another region; letting every job run anywhere only
+loosens the bound). A job needs at least its prompt at the instance's prefill rate plus its output at the
+instance's full-batch decode rate, in instance-seconds (explicit-seconds jobs: their seconds over the streams):
+under continuous batching no schedule can serve it with less (tests/test_bench_fairness.py checks the engine).
+
+- `fluid_bound`: fractional instances, no boot time, no minimum billing, deadlines ignored (each job served any
+  time after its arrival slot until the end). Fast and loose; no policy that finishes its jobs can cost less.
+- `integer_bound`: integer instances per slot per region and pool; an instance launched in a slot serves only
+  after its boot time (floor(boot / slot) slots) and is billed from launch; EC2's 60 s minimum billing (Linux
+  per-second billing) keeps a launched instance alive into the next slot; an instance may stop part-way through
+  a slot (a drain ending) and then bills and serves only that fraction; min/max sizes and capacity events hold.
+  Each job is served within its exact deadline window (from its arrival slot to the slot holding its deadline)
+  unless it is one of at most `miss_budget` late jobs, which must still be served by the end. Solved by HiGHS
+  (scipy.optimize.milp) under a time limit; the reported figure is HiGHS's proven dual bound, never the
+  incumbent, with the remaining gap.
+
+What "proven" covers: a policy's run maps onto a feasible point of the MILP when its launches happen on slot
+boundaries (every controller acts on 60 s periods), its instances cancelled while booting are left out (they
+cost money and serve nothing, so leaving them out only lowers the cost), it finishes every job by the end, and
+it is late on at most `miss_budget` jobs. Slot-level service within a job's window is a relaxation (work may be
+served in the arrival slot before the job arrives), as is pooling regions.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import coo_matrix
 
 from crossfleet.config.offerings import offerings
 from crossfleet.sim.scenario import Scenario
 from crossfleet.sim.workload import Arrival
+from crossfleet_control.core.service_model import InstanceProfile
 from crossfleet_control.core.settings import pool_spec
 
 POOLS = ("cpu", "gpu")
+SLOT_SECONDS = 30.0
+MIN_BILLED_SECONDS = 60.0  # EC2 Linux per-second billing, 60 s minimum [A: Amazon EC2 pricing, "Per Second Billing"]
 
 
-# Objective weight of serving one job after its deadline window in the deadline-aware bound: far above any
-# instance cost, so the LP is late only where no schedule could be on time. Only instance cost is reported.
-LATE_PENALTY_PER_JOB = 1000.0
+@dataclass(frozen=True)
+class IntegerBound:
+    dual_usd: float | None  # proven: no schedule in the model costs less
+    incumbent_usd: float | None  # the best schedule found (not a bound; reported for the gap only)
+    gap: float | None  # (incumbent - dual) / incumbent
+    status: str
 
 
-def lower_bound_cost(scenario: Scenario, arrivals: list[Arrival]) -> float:
-    """No policy can cost less (deadlines ignored, so it holds whatever a policy's SLO attainment)."""
-    return sum(_region_bound(scenario, region, [a for a in arrivals if a.region == region], deadlines=False)
-               for region in scenario.regions)
+def _work(profile: InstanceProfile, arrival: Arrival) -> float:
+    job = arrival.job
+    explicit = job.gpu_seconds if profile.is_accelerated else job.cpu_seconds
+    if explicit is not None:
+        return explicit / profile.streams
+    return job.input_tokens / profile.prefill_tokens_per_second + job.output_tokens / profile.decode_tokens_per_second
 
 
-def deadline_bound_cost(scenario: Scenario, arrivals: list[Arrival]) -> float:
-    """No policy that meets every deadline it could meet can cost less: each job is served within its arrival
-    period plus ceil(deadline / period) periods, unless capacity makes that impossible for anyone."""
-    return sum(_region_bound(scenario, region, [a for a in arrivals if a.region == region], deadlines=True)
-               for region in scenario.regions)
+class _Model:
+    """Variables and sparse rows, added by name."""
+
+    def __init__(self) -> None:
+        self.cost: list[float] = []
+        self.lower: list[float] = []
+        self.upper: list[float] = []
+        self.integer: list[int] = []
+        self.rows: list[tuple[list[int], list[float], float, float]] = []
+
+    def var(self, cost: float, low: float, high: float, integer: bool = False) -> int:
+        self.cost.append(cost)
+        self.lower.append(low)
+        self.upper.append(high)
+        self.integer.append(int(integer))
+        return len(self.cost) - 1
+
+    def row(self, cols: list[int], vals: list[float], low: float, high: float) -> None:
+        self.rows.append((cols, vals, low, high))
+
+    def matrix(self) -> tuple[object, np.ndarray, np.ndarray]:
+        r, c, v = [], [], []
+        for i, (cols, vals, _, _) in enumerate(self.rows):
+            r += [i] * len(cols)
+            c += cols
+            v += vals
+        a = coo_matrix((v, (r, c)), shape=(len(self.rows), len(self.cost))).tocsr()
+        return a, np.array([row[2] for row in self.rows]), np.array([row[3] for row in self.rows])
 
 
-def _region_bound(scenario: Scenario, region: str, arrivals: list[Arrival], *, deadlines: bool) -> float:
-    period = scenario.control_period_seconds
-    buckets = math.ceil(scenario.horizon_seconds / period)
+def _pool_data(scenario: Scenario, slots: int, slot: float) -> dict[tuple[str, str], dict]:
     table = offerings()
-    profiles, minimum, maximum, price = {}, {}, {}, {}
-    for pool in POOLS:
-        config = scenario.regions[region][pool]
-        info = table[config.instance_type]
-        spec = pool_spec(pool, config.instance_type, vcpus=info.vcpus, accelerators=info.accelerator_count,
-                         min_size=config.min_size, max_size=config.max_size)
-        profiles[pool] = spec.profile
-        blended = (spec.profile.on_demand_per_hour * (1 - config.spot_fraction)
-                   + spec.profile.spot_per_hour * config.spot_fraction)
-        minimum[pool] = np.full(buckets, float(config.min_size))
-        maximum[pool] = np.full(buckets, float(config.max_size))
-        price[pool] = np.full(buckets, blended)
-        for event in scenario.events:
-            if event.region != region or event.pool != pool:
-                continue
-            first, last = int(event.start // period), min(buckets, math.ceil(event.end / period))
-            if event.type == "capacity" and event.max_instances is not None:
-                maximum[pool][first:last] = np.minimum(maximum[pool][first:last], event.max_instances)
-            elif event.type == "price":
-                price[pool][first:last] *= event.factor
-        minimum[pool] = np.minimum(minimum[pool], maximum[pool])
+    data = {}
+    for region, pools in scenario.regions.items():
+        for pool in POOLS:
+            config = pools[pool]
+            info = table[config.instance_type]
+            profile = pool_spec(pool, config.instance_type, vcpus=info.vcpus, accelerators=info.accelerator_count,
+                                min_size=config.min_size, max_size=config.max_size).profile
+            blended = profile.on_demand_per_hour * (1 - config.spot_fraction) + profile.spot_per_hour * \
+                config.spot_fraction
+            price = np.full(slots, blended * slot / 3600)
+            maximum = np.full(slots, float(config.max_size))
+            launch_cap = np.full(slots, np.inf)
+            for event in scenario.events:
+                if event.region != region or event.pool != pool:
+                    continue
+                first, last = int(event.start // slot), min(slots, math.ceil(event.end / slot))
+                if event.type == "capacity" and event.max_instances is not None:
+                    if event.reclaim:
+                        maximum[first:last] = np.minimum(maximum[first:last], event.max_instances)
+                    else:  # running instances stay; no launch above the limit
+                        launch_cap[first:last] = np.minimum(launch_cap[first:last], event.max_instances)
+                elif event.type == "price":
+                    price[first:last] *= event.factor
+            data[(region, pool)] = {"profile": profile, "price": price, "max": maximum, "launch_cap": launch_cap,
+                                    "min": float(config.min_size), "start": float(config.start)}
+    return data
 
-    # Work of each (arrival period, placement, on-time window) group on each pool, in instance-seconds.
-    groups: dict[tuple[int, str, int], dict[str, float]] = defaultdict(lambda: {"cpu": 0.0, "gpu": 0.0, "jobs": 0})
+
+def _groups(scenario: Scenario, arrivals: list[Arrival], data: dict, slots: int, slot: float,
+            deadlines: bool) -> dict[tuple[int, int, str], dict[str, float]]:
+    """Jobs grouped by (arrival slot, last on-time slot, placement): count and least work per pool."""
+    least = {pool: [d["profile"] for (r, p), d in data.items() if p == pool] for pool in POOLS}
+    groups: dict[tuple[int, int, str], dict[str, float]] = defaultdict(lambda: {"cpu": 0.0, "gpu": 0.0, "jobs": 0})
     for arrival in arrivals:
         job = arrival.job
-        bucket = min(buckets - 1, int(arrival.at // period))
-        window = math.ceil(job.deadline_seconds / period) if deadlines else buckets
-        work = groups[(bucket, job.placement, window)]
-        work["jobs"] += 1
+        first = min(slots - 1, int(arrival.at // slot))
+        last = min(slots - 1, math.ceil((arrival.at + job.deadline_seconds) / slot) - 1) if deadlines \
+            else slots - 1
+        group = groups[(first, max(first, last), job.placement)]
+        group["jobs"] += 1
         for pool in job.allowed_pools():
-            work[pool] += profiles[pool].job_seconds(job) / profiles[pool].streams
+            group[pool] += min(_work(profile, arrival) for profile in least[pool])
+    return groups
 
-    # Variables: n[pool, bucket] first, then y[group, pool, bucket >= arrival bucket].
-    n_index = {(pool, b): i for i, (pool, b) in enumerate((p, b) for p in POOLS for b in range(buckets))}
-    cost = [price[pool][b] * period / 3600 for pool, b in n_index]
-    lower = [minimum[pool][b] for pool, b in n_index]
-    upper = [maximum[pool][b] for pool, b in n_index]
-    eq_rows, eq_cols, eq_vals, cap_rows, cap_cols, cap_vals = [], [], [], [], [], []
-    variable = len(n_index)
-    group_list = list(groups.items())
-    for g, ((arrival_bucket, placement, window), work) in enumerate(group_list):
-        pools = [p for p in POOLS if work[p] > 0 and (placement == "either" or p == placement[:3])]
-        for pool in pools:
-            for b in range(arrival_bucket, buckets):
-                late = b > arrival_bucket + window
-                eq_rows.append(g)
-                eq_cols.append(variable)
-                eq_vals.append(1.0)
-                cap_rows.append(POOLS.index(pool) * buckets + b)
-                cap_cols.append(variable)
-                cap_vals.append(work[pool])
-                cost.append(LATE_PENALTY_PER_JOB * work["jobs"] if late else 0.0)
-                lower.append(0.0)
-                upper.append(1.0)
-                variable += 1
-    for pool, b in n_index:  # capacity: work served in a bucket <= instances x period
-        cap_rows.append(POOLS.index(pool) * buckets + b)
-        cap_cols.append(n_index[(pool, b)])
-        cap_vals.append(-period)
-    if not group_list:
-        return float(sum(c * lo for c, lo in zip(cost, lower, strict=True)))
-    a_eq = coo_matrix((eq_vals, (eq_rows, eq_cols)), shape=(len(group_list), variable)).tocsr()
-    a_ub = coo_matrix((cap_vals, (cap_rows, cap_cols)), shape=(len(POOLS) * buckets, variable)).tocsr()
-    result = linprog(np.array(cost), A_ub=a_ub, b_ub=np.zeros(len(POOLS) * buckets), A_eq=a_eq,
-                     b_eq=np.ones(len(group_list)), bounds=list(zip(lower, upper, strict=True)), method="highs")
+
+def fluid_bound(scenario: Scenario, arrivals: list[Arrival], slot: float = SLOT_SECONDS) -> float:
+    """No policy that finishes its jobs can cost less (fractional instances, no boot, deadlines ignored)."""
+    slots = math.ceil(scenario.horizon_seconds / slot)
+    data = _pool_data(scenario, slots, slot)
+    model = _Model()
+    alive = {(r, p, s): model.var(d["price"][s], min(d["min"], d["max"][s]), d["max"][s])
+             for (r, p), d in data.items() for s in range(slots)}
+    capacity: dict[tuple[str, int], tuple[list[int], list[float]]] = {
+        (p, s): ([alive[(r, p, s)] for r in scenario.regions], [-slot] * len(scenario.regions))
+        for p in POOLS for s in range(slots)}
+    for (first, _, placement), group in _groups(scenario, arrivals, data, slots, slot, deadlines=False).items():
+        cols = []
+        for pool in POOLS:
+            if group[pool] <= 0 or not (placement == "either" or placement.startswith(pool)):
+                continue
+            for s in range(first, slots):
+                v = model.var(0.0, 0.0, 1.0)
+                cols.append(v)
+                capacity[(pool, s)][0].append(v)
+                capacity[(pool, s)][1].append(group[pool])
+        model.row(cols, [1.0] * len(cols), 1.0, 1.0)
+    for cols, vals in capacity.values():
+        model.row(cols, vals, -np.inf, 0.0)
+    a, low, high = model.matrix()
+    eq = low == high
+    result = linprog(np.array(model.cost), A_ub=a[~eq], b_ub=high[~eq], A_eq=a[eq], b_eq=high[eq],
+                     bounds=list(zip(model.lower, model.upper, strict=True)), method="highs")
     if result.status != 0:
-        raise RuntimeError(f"lower-bound LP for {region} did not solve: {result.message}")
-    # Report instance cost only (the late penalty is a device to prefer on-time service, not a cost).
-    instances = result.x[: len(n_index)]
-    return float(np.dot(np.array(cost[: len(n_index)]), instances))
+        raise RuntimeError(f"fluid lower-bound LP did not solve: {result.message}")
+    return float(result.fun)
+
+
+def integer_bound(scenario: Scenario, arrivals: list[Arrival], *, miss_budget: int = 0,
+                  time_limit_seconds: float = 20.0, slot: float = SLOT_SECONDS) -> IntegerBound:
+    """The least cost of any schedule (in the model above) late on at most `miss_budget` jobs."""
+    slots = math.ceil(scenario.horizon_seconds / slot)
+    data = _pool_data(scenario, slots, slot)
+    model = _Model()
+    min_billed = math.ceil(MIN_BILLED_SECONDS / slot)
+    serving: dict[tuple[str, int], tuple[list[int], list[float]]] = {(p, s): ([], []) for p in POOLS
+                                                                   for s in range(slots)}
+    for (_region, pool), d in data.items():
+        boot = int(d["profile"].boot_seconds // slot)
+        alive = [model.var(d["price"][s], min(d["min"], d["max"][s]), d["max"][s], integer=True)
+                 for s in range(slots)]
+        launch = [model.var(0.0, 0.0, min(d["max"][s], d["launch_cap"][s]), integer=True) for s in range(slots)]
+        # Fraction of an instance-slot not used by instances stopping part-way through slot s (a drain ending).
+        stop = [model.var(-d["price"][s], 0.0, d["max"][s]) for s in range(slots)]
+        for s in range(slots):
+            # Launches cover every increase (the first slot starts from the warm instances).
+            if s == 0:
+                model.row([alive[0], launch[0]], [1.0, -1.0], -np.inf, d["start"])
+            else:
+                model.row([alive[s], alive[s - 1], launch[s]], [1.0, -1.0, -1.0], -np.inf, 0.0)
+            # Minimum billing: an instance launched in the last `min_billed` slots is still alive.
+            recent = launch[max(0, s - min_billed + 1): s + 1]
+            model.row([alive[s], *recent], [1.0] + [-1.0] * len(recent), 0.0, np.inf)
+            # Stopping part-way: only instances that are gone at the next slot (or serving ones) may.
+            if s + 1 < slots:
+                model.row([stop[s], alive[s], alive[s + 1], launch[s + 1]], [1.0, -1.0, 1.0, -1.0], -np.inf, 0.0)
+            # Serving instances: alive, minus those launched within the boot time, minus the stopped fraction.
+            booting = launch[max(0, s - boot + 1): s + 1] if boot > 0 else []
+            cols, vals = serving[(pool, s)]
+            cols += [alive[s], stop[s], *booting]
+            vals += [-slot, slot] + [slot] * len(booting)
+            model.row([stop[s], alive[s], *booting], [1.0, -1.0] + [1.0] * len(booting), -np.inf, 0.0)
+            model.row([alive[s], stop[s]], [1.0, -1.0], min(d["min"], d["max"][s]), np.inf)  # min size holds
+    groups = _groups(scenario, arrivals, data, slots, slot, deadlines=True)
+    late_work: dict[tuple[int, str], list[int]] = {}
+    budget_cols, budget_vals = [], []
+    late_rows: dict[tuple[int, str], tuple[list[int], list[float]]] = {}
+    for (first, last, placement), group in groups.items():
+        cols = []
+        for pool in POOLS:
+            if group[pool] <= 0 or not (placement == "either" or placement.startswith(pool)):
+                continue
+            for s in range(first, last + 1):
+                v = model.var(0.0, 0.0, 1.0)
+                cols.append(v)
+                serving[(pool, s)][0].append(v)
+                serving[(pool, s)][1].append(group[pool])
+            if miss_budget > 0:
+                late = model.var(0.0, 0.0, 1.0)  # share of the group served late, on this pool
+                cols.append(late)
+                budget_cols.append(late)
+                budget_vals.append(group["jobs"])
+                key = (first, pool)
+                if key not in late_work:
+                    late_work[key] = [model.var(0.0, 0.0, np.inf) for _ in range(first, slots)]
+                    for s, w in zip(range(first, slots), late_work[key], strict=True):
+                        serving[(pool, s)][0].append(w)
+                        serving[(pool, s)][1].append(1.0)
+                    late_rows[key] = ([*late_work[key]], [-1.0] * len(late_work[key]))
+                late_rows[key][0].append(late)
+                late_rows[key][1].append(group[pool])
+        model.row(cols, [1.0] * len(cols), 1.0, 1.0)
+    for cols, vals in late_rows.values():
+        model.row(cols, vals, 0.0, 0.0)
+    if budget_cols:
+        model.row(budget_cols, budget_vals, -np.inf, float(miss_budget))
+    for cols, vals in serving.values():
+        if cols:
+            model.row(cols, vals, -np.inf, 0.0)
+    a, low, high = model.matrix()
+    result = milp(np.array(model.cost), constraints=[LinearConstraint(a, low, high)],
+                  integrality=np.array(model.integer), bounds=Bounds(np.array(model.lower), np.array(model.upper)),
+                  options={"time_limit": time_limit_seconds, "mip_rel_gap": 1e-3, "disp": False})
+    dual = getattr(result, "mip_dual_bound", None)
+    incumbent = float(result.fun) if result.x is not None else None
+    if dual is None or not np.isfinite(dual):
+        dual = incumbent if result.status == 0 else None
+    gap = (incumbent - dual) / incumbent if incumbent and dual is not None else None
+    return IntegerBound(dual_usd=None if dual is None else float(dual), incumbent_usd=incumbent, gap=gap,
+                        status=str(result.message))
+
+
+# The names the rest of the simulator used before the integer bound existed.
+def lower_bound_cost(scenario: Scenario, arrivals: list[Arrival]) -> float:
+    return fluid_bound(scenario, arrivals)

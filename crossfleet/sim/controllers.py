@@ -7,6 +7,7 @@ import math
 import zlib
 from collections.abc import Callable
 
+from crossfleet.sim.autoscaling import TargetTracker
 from crossfleet.sim.engine import JobRecord, Pool, Simulation
 from crossfleet_control.core import policy
 from crossfleet_control.core.capacity_health import (
@@ -39,8 +40,13 @@ class CrossfleetPolicy:
 
     name = "crossfleet"
 
-    def __init__(self, settings: PolicySettings) -> None:
+    def __init__(self, settings: PolicySettings, *, failover: bool = True, capacity_health: bool = True) -> None:
         self.settings = settings
+        # Ablation switches, each a deployment-level input to the unchanged policy: `failover=False` is a
+        # single-region deployment (no peers configured, nothing published); `capacity_health=False` never tells
+        # the breakers about failed launches (every pool always looks healthy).
+        self.failover = failover
+        self.capacity_health = capacity_health
         self.memory: dict[str, ControllerMemory] = {}
         self.breakers: dict[tuple[str, str], dict[Offering, Breaker]] = {}
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # failed and successful launches already signalled
@@ -51,12 +57,15 @@ class CrossfleetPolicy:
     def route(self, record: JobRecord) -> str | tuple[str, str]:
         health = {pool: PoolHealth(h.admit, h.reason, h.short)
                   for pool, h in self.health.get(record.region, {}).items()}
-        others = tuple(r for r in self.summaries if r != record.region)
+        others = tuple(r for r in self.summaries if r != record.region) if self.failover else ()
         target, pool, _ = place(record.job, health, failover_target(
             {r: self.summaries[r] for r in others}, others, self.now, self.settings.stale_peer_seconds))
         return (target, pool) if target is not None else pool
 
     def _signal(self, now: float, region: str, pools: dict[str, Pool]) -> None:
+        if not self.capacity_health:
+            self.health.setdefault(region, {})
+            return
         for name, pool in pools.items():
             key = (region, name)
             breakers = self.breakers.setdefault(key, {})
@@ -78,7 +87,7 @@ class CrossfleetPolicy:
         specs = {name: pool.spec for name, pool in pools.items()}
         telemetry = {name: pool.telemetry(now) for name, pool in pools.items()}
         observation = Observation(now=now, pools=telemetry, health=self.health[region], region=region,
-                                  configured_regions=tuple(sim.pools),
+                                  configured_regions=tuple(sim.pools) if self.failover else (region,),
                                   peers={r: s for r, s in self.summaries.items() if r != region})
         calls = IDLE_CYCLE_CALLS + len(sim.pools) - 1
         sampled: dict[str, list[JobRecord]] = {}
@@ -104,47 +113,47 @@ class CrossfleetPolicy:
                 sim.set_desired(pools[name], pool_decision.desired, now)
                 calls += 1
         summary = policy.region_summary(observation, specs, self.settings, decision)
-        if summary is not None:
+        if summary is not None and self.failover:
             self.summaries[region] = summary
         sim.api_calls += calls
 
 
 class TargetTracking:
-    """Each fleet scales on backlog per instance (AWS's SQS guidance), no moving; routing is fixed by a rule.
+    """Each fleet scales by AWS target tracking on backlog per instance (`autoscaling.TargetTracker`), no moving;
+    routing is fixed by a rule (the producer's preference, GPU first, CPU first, or a static split).
 
-    Scale-out is immediate; scale-in waits a 300 s cooldown, as target tracking does by default. The backlog
-    counts in-flight jobs as well as visible ones, which is kinder to the baseline than visible messages alone.
+    The knob is the acceptable latency of AWS's SQS guidance: target backlog per instance = latency / time per
+    message = latency x streams / mean job seconds. It defaults to the rebalancer's `target_wait_seconds`, the
+    same number crossfleet is given.
     """
 
-    def __init__(self, name: str, router: Callable[[JobRecord], str], target_wait_seconds: float = 120.0,
-                 cooldown_seconds: float = 300.0) -> None:
+    def __init__(self, name: str, router: Callable[[JobRecord], str], target_wait_seconds: float = 120.0) -> None:
         self.name = name
         self.router = router
         self.target_wait_seconds = target_wait_seconds
-        self.cooldown_seconds = cooldown_seconds
-        self.last_scale_in: dict[str, float] = {}
+        self.trackers: dict[str, TargetTracker] = {}
 
     def route(self, record: JobRecord) -> str:
         return self.router(record)
 
+    def target_backlog(self, pool: Pool) -> float:
+        return pool.profile.streams * self.target_wait_seconds / pool.spec.mean_job_seconds
+
     def control(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> None:
         for pool in pools.values():
             telemetry = pool.telemetry(now)
-            per_instance = pool.profile.streams * self.target_wait_seconds / pool.spec.mean_job_seconds
+            tracker = self.trackers.setdefault(pool.key, TargetTracker(self.target_backlog(pool)))
             backlog = (telemetry.visible or 0) + (telemetry.in_flight or 0)
-            track_target(sim, pool, math.ceil(backlog / per_instance), now, self.last_scale_in, self.cooldown_seconds)
+            apply_tracker(sim, pool, tracker, backlog, now)
             sim.api_calls += 1  # the custom backlog-per-instance metric, published once per pool per period
 
 
-def track_target(sim: Simulation, pool: Pool, want: int, now: float, last_scale_in: dict[str, float],
-                 cooldown_seconds: float) -> None:
-    """One target-tracking step as AWS runs it: scale out at once, scale in after the cooldown."""
-    want = policy.clamp(want, pool.spec.min_size, pool.spec.max_size)
-    if want > pool.desired:
-        sim.set_desired(pool, want, now)
-    elif want < pool.desired and now - last_scale_in.get(pool.key, -math.inf) >= cooldown_seconds:
-        sim.set_desired(pool, want, now)
-        last_scale_in[pool.key] = now
+def apply_tracker(sim: Simulation, pool: Pool, tracker: TargetTracker, load: float, now: float) -> None:
+    telemetry = pool.telemetry(now)
+    desired = tracker.step(load=load, in_service=telemetry.in_service or 0, warming=telemetry.pending or 0,
+                           desired=pool.desired, min_size=pool.spec.min_size, max_size=pool.spec.max_size)
+    if desired != pool.desired:
+        sim.set_desired(pool, desired, now)
 
 
 def _preferred(record: JobRecord) -> str:
@@ -168,11 +177,13 @@ def _split(record: JobRecord) -> str:
 POLICIES = ("crossfleet", "gpu-only", "cpu-only", "static-split", "target-tracking")
 
 
-def make_controller(name: str, settings: PolicySettings) -> CrossfleetPolicy | TargetTracking:
+def make_controller(name: str, settings: PolicySettings, *, target_wait_seconds: float | None = None,
+                    failover: bool = True, capacity_health: bool = True) -> CrossfleetPolicy | TargetTracking:
     if name == "crossfleet":
-        return CrossfleetPolicy(settings)
+        return CrossfleetPolicy(settings, failover=failover, capacity_health=capacity_health)
     routers = {"gpu-only": _gpu_first, "cpu-only": _cpu_first, "static-split": _split,
                "target-tracking": _preferred}
     if name not in routers:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
-    return TargetTracking(name, routers[name], target_wait_seconds=settings.target_wait_seconds)
+        raise ValueError(f"unknown policy {name!r}; queue policies: {', '.join(POLICIES)}")
+    wait = settings.target_wait_seconds if target_wait_seconds is None else target_wait_seconds
+    return TargetTracking(name, routers[name], target_wait_seconds=wait)

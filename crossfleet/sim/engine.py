@@ -1,8 +1,9 @@
 """The simulation engine: pools of instances serving FIFO queues, stepped one control period at a time.
 
-Between control steps each pool is an exact multi-slot FIFO queue: an instance runs up to `streams` jobs at
-once, and a job's run time depends on how many share its instance when it starts (batch effects from the
-service model). At each step boundary: events fire (capacity limits, Spot interruptions, price changes),
+Between control steps each pool is an exact event-driven FIFO queue served by continuous batching: an
+instance runs up to `streams` jobs at once and shares its capacity among them, so a job slows down the moment
+another joins its instance and speeds up when one leaves (see `Rates`); no instance ever serves above its
+cited capacity. At each step boundary: events fire (capacity limits, Spot interruptions, price changes),
 groups launch or drain toward their desired size (boot time billed, graceful drain), and the controller under
 test observes and acts. Controllers see only what the Lambda would see: queue depth, in-flight jobs, group
 sizes and recent launch failures.
@@ -26,11 +27,13 @@ from crossfleet_control.core.policy_types import PoolSpec, PoolTelemetry
 from crossfleet_control.core.service_model import InstanceProfile
 from crossfleet_control.core.settings import pool_spec
 
+MIN_BILLED_SECONDS = 60.0
 LAUNCH_FAILURE_WINDOW = 900.0  # seconds of failed launches the controller is shown, as the Lambda reads them
 
 
 class JobRecord:
-    __slots__ = ("arrived", "attempts", "enqueued", "finish", "job", "pools_run", "region", "regions_run", "start")
+    __slots__ = ("arrived", "attempts", "enqueued", "failed", "finish", "first_token", "host", "job", "pools_run",
+                 "region", "regions_run", "start")
 
     def __init__(self, job: Job, region: str, arrived: float) -> None:
         self.job = job
@@ -38,30 +41,104 @@ class JobRecord:
         self.arrived = arrived
         self.enqueued = arrived
         self.start: float | None = None
+        self.first_token: float | None = None  # prompt processed: the first output token (TTFT)
         self.finish: float | None = None
+        self.failed = False  # a real-time request not started within its timeout
+        self.host: tuple[str, int] | None = None  # (pool key, instance index) it last ran on
         self.attempts = 0
         self.pools_run: list[str] = []
         self.regions_run: list[str] = []
 
 
-class Instance:
-    __slots__ = ("draining", "launched_at", "ready_at", "running", "terminated_at")
+class Rates:
+    """One pool's service under continuous batching (see crossfleet/sim/README in docs/simulator.md).
 
-    def __init__(self, launched_at: float, boot_seconds: float) -> None:
+    With k jobs on an instance of R model replicas, each replica batches k/R of them. Every job gets an equal
+    share of its replica: a prefilling job processes prompt tokens at prefill/R/(k/R) tokens/s, a decoding job
+    emits tokens at the per-stream decode rate for batch k/R, which falls from the cited batch-1 rate to the
+    cited full-batch rate as a power law. So the instance's total throughput never exceeds its cited capacity
+    (prefill: the whole instance's prefill rate; decode: its full-batch rate), and a job that joins slows the
+    others down at once. Jobs with explicit seconds (agent steps, fine-tunes) hold one stream for their time.
+    """
+
+    __slots__ = ("batch1", "beta", "prefill", "replicas", "streams")
+
+    def __init__(self, profile: InstanceProfile) -> None:
+        self.replicas = profile.replicas
+        self.streams = profile.streams
+        self.prefill = profile.prefill_tokens_per_second / profile.replicas
+        per_replica = profile.streams / profile.replicas
+        full = profile.decode_tokens_per_second / profile.streams
+        self.batch1 = profile.decode_tokens_per_second_batch1 or full
+        # Computed once per pool (the old engine took this log for every job it started).
+        self.beta = (math.log(self.batch1 / full) / math.log(per_replica)
+                     if per_replica > 1 and self.batch1 > full else 0.0)
+
+    def speeds(self, k: int) -> tuple[float, float]:
+        """(prompt tokens/s, output tokens/s) of each job while k jobs share the instance."""
+        batch = max(1.0, k / self.replicas)
+        return self.prefill / batch, self.batch1 * batch ** -self.beta
+
+
+_EPS = 1e-7  # tokens: float slack when a phase's virtual finish is reached
+
+
+class Instance:
+    """One instance serving its jobs by continuous batching, tracked with two virtual clocks.
+
+    `vp` counts prompt tokens each prefilling job has received since launch and `vd` output tokens each
+    decoding job has received: every job in a phase gets the same rate, so a job's phase ends when the clock
+    passes the value it joined at plus its tokens. Between events the job count is constant and both clocks
+    advance linearly, so the simulation is exact (no time steps).
+    """
+
+    __slots__ = ("decode", "draining", "fixed", "index", "k", "last", "launched_at", "prefill", "rates",
+                 "ready_at", "terminated_at", "vd", "version", "vp")
+
+    def __init__(self, index: int, launched_at: float, boot_seconds: float, rates: Rates) -> None:
+        self.index = index
         self.launched_at = launched_at
         self.ready_at = launched_at + boot_seconds
         self.terminated_at: float | None = None
         self.draining = False
-        self.running: list[tuple[float, int, JobRecord]] = []  # heap of (finish, tiebreak, record)
+        self.rates = rates
+        self.last = self.ready_at
+        self.vp = 0.0
+        self.vd = 0.0
+        self.k = 0
+        self.version = 0
+        self.prefill: list[tuple[float, int, JobRecord]] = []  # heap of (vp at prompt end, tiebreak, record)
+        self.decode: list[tuple[float, int, JobRecord]] = []  # heap of (vd at last token, tiebreak, record)
+        self.fixed: list[tuple[float, int, JobRecord]] = []  # heap of (finish time, tiebreak, record)
 
     @property
     def gone(self) -> bool:
         return self.draining or self.terminated_at is not None
 
     def active_at(self, moment: float) -> int:
-        while self.running and self.running[0][0] <= moment:
-            heapq.heappop(self.running)
-        return len(self.running)
+        return self.k
+
+    def advance(self, now: float) -> None:
+        if now > self.last:
+            if self.k:
+                prefill, decode = self.rates.speeds(self.k)
+                self.vp += (now - self.last) * prefill
+                self.vd += (now - self.last) * decode
+            self.last = now
+
+    def next_event(self) -> float:
+        if not self.k:
+            return math.inf
+        prefill, decode = self.rates.speeds(self.k)
+        t = self.fixed[0][0] if self.fixed else math.inf
+        if self.prefill:
+            t = min(t, self.last + max(0.0, self.prefill[0][0] - self.vp) / prefill)
+        if self.decode:
+            t = min(t, self.last + max(0.0, self.decode[0][0] - self.vd) / decode)
+        return t
+
+    def running(self) -> list[JobRecord]:
+        return [entry[2] for heap in (self.prefill, self.decode, self.fixed) for entry in heap]
 
 
 @dataclass
@@ -73,14 +150,23 @@ class Pool:
     spec: PoolSpec
     instances: list[Instance] = field(default_factory=list)
     queue: deque[JobRecord] = field(default_factory=deque)
-    slots: list[tuple[float, int]] = field(default_factory=list)  # heap of (free_at, instance index)
     desired: int = 0
     failed_launches: list[float] = field(default_factory=list)
     launched: list[float] = field(default_factory=list)  # successful launch times (the capacity signals' successes)
     price_factor: float = 1.0
     cost_usd: float = 0.0
     instance_seconds: float = 0.0
+    request_timeout_seconds: float | None = None  # real-time: a request not started by then has failed
+    clock: float = 0.0  # the pool has been played forward to here
     _tiebreak: int = 0
+
+    def __post_init__(self) -> None:
+        self.rates = Rates(self.profile)
+        self.events: list[tuple[float, int, int]] = []  # heap of (time, instance index, instance version)
+        self.free: list[tuple[int, int]] = []  # heap of (jobs running, instance index); stale entries skipped
+        self.billing: list[Instance] = []  # instances still billed
+        self.on_finish: Callable[[JobRecord], None] | None = None
+        self.timed_out: list[JobRecord] = []
 
     @property
     def key(self) -> str:
@@ -93,43 +179,124 @@ class Pool:
         return blended * self.price_factor
 
     def live(self) -> list[Instance]:
-        return [i for i in self.instances if not i.gone]
+        return [i for i in self.billing if not i.gone]
 
     def launch(self, now: float) -> None:
-        self.instances.append(Instance(now, self.profile.boot_seconds))
+        instance = Instance(len(self.instances), now, self.profile.boot_seconds, self.rates)
+        self.instances.append(instance)
+        self.billing.append(instance)
         self.launched.append(now)
-        index = len(self.instances) - 1
-        for _ in range(self.profile.streams):
-            heapq.heappush(self.slots, (self.instances[index].ready_at, index))
+        heapq.heappush(self.events, (instance.ready_at, instance.index, instance.version))
 
-    def dispatch(self, until: float, on_start: Callable[[JobRecord], None] | None = None) -> None:
-        """Start queued jobs, oldest first, on the earliest free slots before `until`."""
-        queue, slots, instances, profile = self.queue, self.slots, self.instances, self.profile
-        while queue and slots:
-            free_at, index = slots[0]
+    # -- continuous batching ------------------------------------------------------------------------------
+    def _reschedule(self, instance: Instance) -> None:
+        instance.version += 1
+        at = instance.next_event()
+        if at < math.inf:
+            heapq.heappush(self.events, (at, instance.index, instance.version))
+        if not instance.gone and instance.k < self.rates.streams:
+            heapq.heappush(self.free, (instance.k, instance.index))
+
+    def _free_instance(self, now: float) -> Instance | None:
+        """The least busy instance in service with a free stream (a worker long-polling the queue)."""
+        free, instances = self.free, self.instances
+        while free:
+            k, index = free[0]
             instance = instances[index]
-            if instance.gone:
-                heapq.heappop(slots)
+            if instance.gone or instance.k != k or k >= self.rates.streams or instance.ready_at > now:
+                heapq.heappop(free)
                 continue
-            record = queue[0]
-            start = max(free_at, record.enqueued)
-            if start >= until:
+            return instance
+        return None
+
+    def _start(self, record: JobRecord, instance: Instance, now: float) -> None:
+        instance.advance(now)
+        job = record.job
+        record.start = now
+        record.first_token = None
+        record.host = (self.key, instance.index)
+        record.pools_run.append(self.name)
+        record.regions_run.append(self.region)
+        self._tiebreak += 1
+        explicit = job.gpu_seconds if self.profile.is_accelerated else job.cpu_seconds
+        if explicit is not None:
+            heapq.heappush(instance.fixed, (now + explicit, self._tiebreak, record))
+        elif job.input_tokens > 0:
+            heapq.heappush(instance.prefill, (instance.vp + job.input_tokens, self._tiebreak, record))
+        else:
+            record.first_token = now
+            heapq.heappush(instance.decode, (instance.vd + job.output_tokens, self._tiebreak, record))
+        instance.k += 1
+        self._reschedule(instance)
+
+    def _complete(self, record: JobRecord, now: float) -> None:
+        record.finish = now
+        if record.first_token is None:
+            record.first_token = now
+        if self.on_finish is not None:
+            self.on_finish(record)
+
+    def _event(self, instance: Instance, now: float) -> None:
+        instance.advance(now)
+        done = 0
+        while instance.fixed and instance.fixed[0][0] <= now + 1e-9:
+            self._complete(heapq.heappop(instance.fixed)[2], now)
+            done += 1
+        while instance.prefill and instance.prefill[0][0] <= instance.vp + _EPS:
+            _, tiebreak, record = heapq.heappop(instance.prefill)
+            record.first_token = now
+            if record.job.output_tokens > 0:
+                heapq.heappush(instance.decode, (instance.vd + record.job.output_tokens, tiebreak, record))
+            else:
+                self._complete(record, now)
+                done += 1
+        while instance.decode and instance.decode[0][0] <= instance.vd + _EPS:
+            self._complete(heapq.heappop(instance.decode)[2], now)
+            done += 1
+        instance.k -= done
+        if instance.draining and instance.terminated_at is None and instance.k == 0:
+            instance.terminated_at = now
+        self._reschedule(instance)
+
+    def dispatch(self, until: float) -> None:
+        """Play the pool forward to `until`: queued jobs start, oldest first, on the least busy free instance
+        the moment a stream frees; running jobs progress at the rates their instance's batch allows."""
+        queue, events, instances = self.queue, self.events, self.instances
+        timeout = self.request_timeout_seconds
+        while True:
+            next_event = events[0][0] if events else math.inf
+            if queue:
+                record = queue[0]
+                at = record.enqueued if record.enqueued > self.clock else self.clock
+                if at < until and at <= next_event:
+                    if timeout is not None and at - record.enqueued > timeout:
+                        queue.popleft()
+                        record.failed = True
+                        self.timed_out.append(record)
+                        continue
+                    instance = self._free_instance(at)
+                    if instance is not None:
+                        queue.popleft()
+                        self.clock = at
+                        self._start(record, instance, at)
+                        continue
+            if next_event >= until:
                 break
-            heapq.heappop(slots)
-            queue.popleft()
-            active = instance.active_at(start) + 1
-            finish = start + profile.job_seconds_at(record.job, active)
-            record.start, record.finish = start, finish
-            record.pools_run.append(self.name)
-            record.regions_run.append(self.region)
-            self._tiebreak += 1
-            heapq.heappush(instance.running, (finish, self._tiebreak, record))
-            heapq.heappush(slots, (finish, index))
-            if on_start:
-                on_start(record)
+            at, index, version = heapq.heappop(events)
+            instance = instances[index]
+            if version != instance.version or instance.terminated_at is not None:
+                continue
+            self.clock = at
+            self._event(instance, at)
+        self.clock = until
+        if timeout is not None:  # requests that waited past their timeout by now have failed
+            while queue and until - queue[0].enqueued > timeout:
+                record = queue.popleft()
+                record.failed = True
+                self.timed_out.append(record)
 
     def in_flight(self, now: float) -> int:
-        return sum(i.active_at(now) for i in self.instances if i.terminated_at is None)
+        return sum(i.k for i in self.billing if i.terminated_at is None)
 
     def telemetry(self, now: float) -> PoolTelemetry:
         live = self.live()
@@ -162,7 +329,7 @@ class StepSample:
 
 class Simulation:
     def __init__(self, scenario: Scenario, arrivals: list[Arrival], controller: Controller,
-                 progress: bool = False) -> None:
+                 progress: bool = False, request_timeout_seconds: float | None = None) -> None:
         self.scenario = scenario
         self.arrivals = arrivals
         self.controller = controller
@@ -175,11 +342,14 @@ class Simulation:
                 info = table[config.instance_type]
                 spec = pool_spec(name, config.instance_type, vcpus=info.vcpus, accelerators=info.accelerator_count,
                                  min_size=config.min_size, max_size=config.max_size)
-                pool = Pool(region=region, name=name, config=config, profile=spec.profile, spec=spec)
+                pool = Pool(region=region, name=name, config=config, profile=spec.profile, spec=spec,
+                            request_timeout_seconds=request_timeout_seconds)
+                pool.on_finish = self._finished
                 for _ in range(config.start):
                     pool.launch(-pool.profile.boot_seconds)  # warm at t=0
                 pool.desired = config.start
                 self.pools[region][name] = pool
+        self.all_pools = [pool for pools in self.pools.values() for pool in pools.values()]
         self.records: list[JobRecord] = []
         self.samples: list[StepSample] = []
         self.moves = 0
@@ -188,7 +358,6 @@ class Simulation:
         self.requeued = 0
         self.cost_usd = 0.0
         self.energy_kwh = 0.0
-        self._finishes: list[tuple[float, int, JobRecord]] = []  # for the running completion counts
         self._completed = 0
         self._on_time = 0
 
@@ -200,10 +369,10 @@ class Simulation:
         surplus = len(live) - desired
         if surplus > 0:
             # Cancel instances still booting first, then drain the least busy.
-            live.sort(key=lambda i: (i.ready_at <= now, i.active_at(now)))
+            live.sort(key=lambda i: (i.ready_at <= now, i.k))
             for instance in live[:surplus]:
                 instance.draining = True
-                if instance.ready_at > now or instance.active_at(now) == 0:
+                if instance.ready_at > now or instance.k == 0:
                     instance.terminated_at = now
         self._reconcile(pool, now)
 
@@ -222,24 +391,24 @@ class Simulation:
         period = self.scenario.control_period_seconds
         steps = math.ceil(self.scenario.horizon_seconds / period)
         index = 0
+        arrivals = self.arrivals
+        route = self.controller.route
         for step in range(steps):
             t1 = (step + 1) * period
-            while index < len(self.arrivals) and self.arrivals[index].at < t1:
-                arrival = self.arrivals[index]
+            while index < len(arrivals) and arrivals[index].at < t1:
+                arrival = arrivals[index]
                 record = JobRecord(arrival.job, arrival.region, arrival.at)
                 self.records.append(record)
-                destination = self.controller.route(record)
+                destination = route(record)
                 region, name = destination if isinstance(destination, tuple) else (arrival.region, destination)
                 self.pools[region][name].queue.append(record)
                 index += 1
-            for pools in self.pools.values():
-                for pool in pools.values():
-                    pool.dispatch(t1, on_start=self._started)
+            for pool in self.all_pools:
+                pool.dispatch(t1)
             self._bill_step(t1 - period, t1)
             self._events(t1)
             for region, pools in self.pools.items():
                 for pool in pools.values():
-                    self._finish_drains(pool, t1)
                     self._reconcile(pool, t1)
                 self.controller.control(t1, region, pools, self)
             self.cycles += 1
@@ -253,33 +422,35 @@ class Simulation:
         return self
 
     def _bill_step(self, t0: float, t1: float) -> None:
-        for pools in self.pools.values():
-            for pool in pools.values():
-                for instance in pool.instances:
-                    start = max(t0, instance.launched_at)
-                    stop = t1 if instance.terminated_at is None else min(t1, instance.terminated_at)
-                    if stop > start:
-                        seconds = stop - start
-                        pool.instance_seconds += seconds
-                        cost = seconds * pool.price_per_hour / 3600
-                        pool.cost_usd += cost
-                        self.cost_usd += cost
-                        self.energy_kwh += seconds * pool.profile.watts / 3.6e6
-
-    def _finish_drains(self, pool: Pool, now: float) -> None:
-        for instance in pool.instances:
-            if instance.draining and instance.terminated_at is None and instance.active_at(now) == 0:
-                last = max((r.finish or now for _, _, r in instance.running), default=now)
-                instance.terminated_at = min(last, now)
+        for pool in self.all_pools:
+            price, watts = pool.price_per_hour / 3600, pool.profile.watts / 3.6e6
+            kept = []
+            for instance in pool.billing:
+                start = max(t0, instance.launched_at)
+                stop = t1 if instance.terminated_at is None else min(t1, instance.terminated_at)
+                if instance.terminated_at is not None and instance.terminated_at <= t1:
+                    # EC2 bills Linux instances per second with a 60 s minimum [A: Amazon EC2 pricing].
+                    stop = max(stop, min(t1, instance.launched_at + MIN_BILLED_SECONDS))
+                if stop > start:
+                    seconds = stop - start
+                    pool.instance_seconds += seconds
+                    pool.cost_usd += seconds * price
+                    self.cost_usd += seconds * price
+                    self.energy_kwh += seconds * watts
+                if instance.terminated_at is None or instance.terminated_at > t1:
+                    kept.append(instance)
+            pool.billing = kept
 
     def _reconcile(self, pool: Pool, now: float) -> None:
         """What an Auto Scaling group does: launch toward desired, failing above a capacity limit."""
         cap = self._capacity_cap(pool, now)
-        while len(pool.live()) < pool.desired:
-            if cap is not None and len(pool.live()) >= cap:
+        live = len(pool.live())
+        while live < pool.desired:
+            if cap is not None and live >= cap:
                 pool.failed_launches.append(now)
                 break
             pool.launch(now)
+            live += 1
 
     def _capacity_cap(self, pool: Pool, now: float) -> int | None:
         caps = [e.max_instances for e in self._active(pool, now, "capacity") if e.max_instances is not None]
@@ -312,30 +483,27 @@ class Simulation:
         for instance in instances:
             instance.terminated_at = now
             instance.draining = True
-            for finish, _, record in sorted(instance.running, key=lambda entry: entry[0], reverse=True):
-                if finish > now:
-                    record.start = record.finish = None
-                    record.attempts += 1
-                    record.enqueued = now
-                    pool.queue.appendleft(record)
-                    self.requeued += 1
-            instance.running.clear()
+            instance.version += 1  # its pending events are void
+            for record in sorted(instance.running(), key=lambda r: r.start or 0.0, reverse=True):
+                record.start = record.finish = record.first_token = None
+                record.attempts += 1
+                record.enqueued = now
+                pool.queue.appendleft(record)
+                self.requeued += 1
+            instance.prefill.clear()
+            instance.decode.clear()
+            instance.fixed.clear()
+            instance.k = 0
 
-    def _started(self, record: JobRecord) -> None:
+    def _finished(self, record: JobRecord) -> None:
         assert record.finish is not None
-        heapq.heappush(self._finishes, (record.finish, id(record), record))
+        self._completed += 1
+        self._on_time += record.finish - record.arrived <= record.job.deadline_seconds
 
     def _sample(self, now: float) -> None:
-        while self._finishes and self._finishes[0][0] <= now:
-            finish, _, record = heapq.heappop(self._finishes)
-            if record.finish == finish:  # not interrupted and restarted since
-                self._completed += 1
-                self._on_time += finish - record.arrived <= record.job.deadline_seconds
-        completed, on_time = self._completed, self._on_time
         self.samples.append(StepSample(
             at=now,
-            desired={p.key: p.desired for pools in self.pools.values() for p in pools.values()},
-            in_service={p.key: sum(1 for i in p.live() if i.ready_at <= now)
-                        for pools in self.pools.values() for p in pools.values()},
-            queued={p.key: len(p.queue) for pools in self.pools.values() for p in pools.values()},
-            cost_usd=self.cost_usd, completed=completed, on_time=on_time))
+            desired={p.key: p.desired for p in self.all_pools},
+            in_service={p.key: sum(1 for i in p.live() if i.ready_at <= now) for p in self.all_pools},
+            queued={p.key: len(p.queue) for p in self.all_pools},
+            cost_usd=self.cost_usd, completed=self._completed, on_time=self._on_time))

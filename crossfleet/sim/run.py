@@ -1,12 +1,24 @@
-"""Run policies over a scenario, compute the lower bound, write result.json, bench.json and plots."""
+"""Run policies over a scenario, compute the lower bounds, write result.json, bench.json and plots.
+
+`bench` runs, on one workload: crossfleet; every baseline swept over its knob (its cost-versus-SLO frontier; the
+point at the scenario's own setting is the baseline's row); crossfleet with each mechanism switched off
+(ablations, through settings and deployment inputs, never by editing the policy); the fluid LP and the
+clairvoyant MILP. Runs go to `workers` processes (the runs are independent and deterministic).
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import multiprocessing
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from crossfleet.sim.bound import deadline_bound_cost, lower_bound_cost
+from crossfleet.sim.bound import fluid_bound, integer_bound
 from crossfleet.sim.controllers import POLICIES, make_controller
 from crossfleet.sim.engine import Simulation
 from crossfleet.sim.scenario import Scenario
@@ -18,25 +30,88 @@ from crossfleet_control.core.policy_types import PolicySettings
 ENERGY_NOTE = ("estimate: instance-hours x per-instance power from data/instance_profiles.json (board powers "
                "cited where available, the rest labelled estimates); not a measurement")
 
+# The knob each baseline's frontier sweeps: the acceptable latency of AWS's SQS backlog-per-instance formula
+# (queue baselines), or the share of a target's request capacity (serving baselines).
+WAIT_KNOBS = (5.0, 10.0, 20.0, 40.0, 80.0)
+UTILIZATION_KNOBS = (0.4, 0.55, 0.7, 0.85, 1.0)
+
+# crossfleet with one mechanism off: (settings changes, controller switches). Settings are the deployment's own
+# knobs; the switches are deployment inputs (a single-region config; breakers never told of failed launches).
+ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "no-moves": ({"move_budget": 0}, {}),  # no moves between pools (nor failover of queued GPU work)
+    "no-failover": ({}, {"failover": False}),  # each region alone: no cross-region placement or moves
+    # Size on the queue alone: occupancy / utilization -> ~0 (busy instances are still kept).
+    "no-occupancy-sizing": ({"target_utilization": 1e9}, {}),
+    "no-capacity-health": ({}, {"capacity_health": False}),  # failed launches never open a breaker
+    "no-gradual-scale-in": ({"scale_in_delay_seconds": 0.0, "max_scale_in_step": 10**6}, {}),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One run of a bench: a policy, its knob, and crossfleet's ablation switches."""
+
+    label: str
+    policy: str
+    knob: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    switches: dict[str, Any] = field(default_factory=dict)
+
 
 def simulate(scenario: Scenario, policy_name: str, *, arrivals: list[Arrival] | None = None,
-             progress: bool = False) -> tuple[dict[str, Any], Simulation]:
+             progress: bool = False, variant: Variant | None = None) -> tuple[dict[str, Any], Simulation]:
     arrivals = build_workload(scenario) if arrivals is None else arrivals
-    settings = PolicySettings(**scenario.rebalancer.policy_fields())
-    if scenario.serving is not None and policy_name in SERVING_POLICIES:
-        controller = make_serving_controller(policy_name, settings, scenario.serving,
-                                             scenario.control_period_seconds)
+    variant = variant or Variant(policy_name, policy_name)
+    settings = replace(PolicySettings(**scenario.rebalancer.policy_fields()), **variant.settings)
+    serving = scenario.serving
+    if serving is not None and policy_name not in SERVING_POLICIES:
+        raise ValueError(f"scenario {scenario.name!r} is a real-time serving scenario: use one of "
+                         f"{', '.join(SERVING_POLICIES)} (not {policy_name!r})")
+    if serving is None and policy_name in SERVING_POLICIES:
+        raise ValueError(f"{policy_name!r} needs a scenario with a `serving` section; queue policies: "
+                         f"{', '.join(POLICIES)}")
+    controller: Any
+    if serving is not None:
+        controller = make_serving_controller(policy_name, settings, serving, scenario.control_period_seconds,
+                                             target_utilization=variant.knob)
     else:
-        controller = make_controller(policy_name, settings)
-    sim = Simulation(scenario, arrivals, controller, progress=progress).run()
-    return summarize(scenario, policy_name, sim), sim
+        controller = make_controller(policy_name, settings, target_wait_seconds=variant.knob, **variant.switches)
+    controller.name = variant.label
+    sim = Simulation(scenario, arrivals, controller, progress=progress,
+                     request_timeout_seconds=serving.request_timeout_seconds if serving else None).run()
+    return summarize(scenario, variant.label, sim), sim
+
+
+def _serving_metrics(scenario: Scenario, sim: Simulation) -> dict[str, Any]:
+    """Per request: TTFT (queueing + prompt under batching) and TPOT (each later token at the batch's pace)."""
+    assert scenario.serving is not None
+    horizon = scenario.horizon_seconds
+    ttft, tpot, met = [], [], 0
+    for r in sim.records:
+        if r.failed or r.finish is None or r.first_token is None or r.finish > horizon:
+            continue
+        first = r.first_token - r.arrived
+        per_token = (r.finish - r.first_token) / (r.job.output_tokens - 1) if r.job.output_tokens > 1 else 0.0
+        ttft.append(first)
+        tpot.append(per_token)
+        met += first <= scenario.serving.ttft_slo_seconds and per_token <= scenario.serving.tpot_slo_seconds
+    total = len(sim.records)
+    return {"slo_attainment": round(met / total, 5) if total else 1.0,
+            "slo_definition": f"TTFT <= {scenario.serving.ttft_slo_seconds} s and TPOT <= "
+                              f"{scenario.serving.tpot_slo_seconds} s; not started within "
+                              f"{scenario.serving.request_timeout_seconds} s = failed",
+            "requests_failed": sum(1 for r in sim.records if r.failed),
+            "ttft_p50_seconds": _round(percentile(ttft, 0.5)), "ttft_p99_seconds": _round(percentile(ttft, 0.99)),
+            "tpot_p50_seconds": _round(percentile(tpot, 0.5), 4),
+            "tpot_p99_seconds": _round(percentile(tpot, 0.99), 4)}
 
 
 def summarize(scenario: Scenario, policy_name: str, sim: Simulation) -> dict[str, Any]:
     horizon = scenario.horizon_seconds
     completed = [r for r in sim.records if r.finish is not None and r.finish <= horizon]
-    running = sum(1 for r in sim.records if r.finish is not None and r.finish > horizon)
     queued = sum(len(p.queue) for pools in sim.pools.values() for p in pools.values())
+    running = sum(p.in_flight(horizon) for pools in sim.pools.values() for p in pools.values())
+    failed = sum(1 for r in sim.records if r.failed)
     latencies = [r.finish - r.arrived for r in completed]
     by_placement: dict[str, list[int]] = {}
     elsewhere: dict[str, int] = {}
@@ -50,21 +125,24 @@ def summarize(scenario: Scenario, policy_name: str, sim: Simulation) -> dict[str
         counts[1] += 1
     on_time = sum(v[0] for v in by_placement.values())
     pools = [p for region in sim.pools.values() for p in region.values()]
-    return {
+    result = {
         "policy": policy_name,
         "scenario": scenario.name,
         "seed": scenario.seed,
         "cost_usd": round(sim.cost_usd, 4),
         "slo_attainment": round(on_time / len(sim.records), 5) if sim.records else 1.0,
+        "slo_definition": "finished within its deadline",
+        "jobs_late": len(sim.records) - on_time,
         "slo_attainment_by_placement": {k: round(v[0] / v[1], 5) for k, v in sorted(by_placement.items())},
         # Jobs submitted in one region that ran in another (capacity-shortage failover).
         "finished_in_another_region": dict(sorted(elsewhere.items())),
-        "latency_p50_s": _round(percentile(latencies, 0.50)),
-        "latency_p99_s": _round(percentile(latencies, 0.99)),
+        "p50_seconds": _round(percentile(latencies, 0.50)),
+        "p99_seconds": _round(percentile(latencies, 0.99)),
         "jobs_submitted": len(sim.records),
         "jobs_completed": len(completed),
         "jobs_unfinished": queued + running,
-        "jobs_lost": len(sim.records) - len(completed) - queued - running,
+        # Jobs neither finished, failed (a real-time request's timeout), queued nor running: must be 0.
+        "jobs_lost": len(sim.records) - len(completed) - queued - running - failed,
         "instance_hours": {p.key: round(p.instance_seconds / 3600, 3) for p in pools},
         "cost_usd_by_pool": {p.key: round(p.cost_usd, 4) for p in pools},
         "energy_kwh": round(sim.energy_kwh, 3),
@@ -73,10 +151,14 @@ def summarize(scenario: Scenario, policy_name: str, sim: Simulation) -> dict[str
         "moves": sim.moves,
         "requeued_by_interruption": sim.requeued,
     }
+    result["latency_p50_s"], result["latency_p99_s"] = result["p50_seconds"], result["p99_seconds"]
+    if scenario.serving is not None:
+        result.update(_serving_metrics(scenario, sim))
+    return result
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def write_result(result: dict[str, Any], sim: Simulation, out_dir: Path) -> None:
@@ -85,14 +167,23 @@ def write_result(result: dict[str, Any], sim: Simulation, out_dir: Path) -> None
     write_plots(sim, out_dir, title=f"{result['scenario']} / {result['policy']}")
 
 
-def write_plots(sim: Simulation, out_dir: Path, *, title: str) -> None:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_plots(sim: Simulation, out_dir: Path, *, title: str) -> None:
+    plt = _pyplot()
     minutes = [s.at / 60 for s in sim.samples]
     keys = list(sim.samples[0].desired) if sim.samples else []
+    regions = sorted({k.split("/")[0] for k in keys})
+    # One colour per pool, one line style per region: two regions' GPU lines stay apart when they overlap.
+    styles = {r: ("-", "--", ":", "-.")[i % 4] for i, r in enumerate(regions)}
+    colours = {"cpu": "tab:blue", "gpu": "tab:orange"}
     panels = [
         ("fleet_sizes.png", "instances in service", lambda s, k: s.in_service[k]),
         ("queue_depth.png", "queued jobs", lambda s, k: s.queued[k]),
@@ -100,70 +191,203 @@ def write_plots(sim: Simulation, out_dir: Path, *, title: str) -> None:
     for file_name, label, value in panels:
         figure, axis = plt.subplots(figsize=(8, 3.5))
         for key in keys:
-            axis.plot(minutes, [value(s, key) for s in sim.samples], label=key)
+            region, pool = key.split("/")
+            axis.plot(minutes, [value(s, key) for s in sim.samples], label=key, linestyle=styles[region],
+                      color=colours.get(pool), linewidth=1.4)
         axis.set(xlabel="minutes", ylabel=label, title=title)
         axis.legend(fontsize="small")
         figure.tight_layout()
         figure.savefig(out_dir / file_name, dpi=90)
         plt.close(figure)
-    for file_name, label, series in (
-            ("cost.png", "cumulative cost (USD)", [s.cost_usd for s in sim.samples]),
-            ("slo_attainment.png", "on-time share of completed jobs",
-             [s.on_time / s.completed if s.completed else 1.0 for s in sim.samples])):
-        figure, axis = plt.subplots(figsize=(8, 3.5))
-        axis.plot(minutes, series)
-        axis.set(xlabel="minutes", ylabel=label, title=title)
-        figure.tight_layout()
-        figure.savefig(out_dir / file_name, dpi=90)
-        plt.close(figure)
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    axis.plot(minutes, [s.on_time / s.completed if s.completed else 1.0 for s in sim.samples])
+    axis.set(xlabel="minutes", ylabel="on-time share of jobs completed so far", title=f"{title} (cumulative)")
+    figure.tight_layout()
+    figure.savefig(out_dir / "slo_attainment.png", dpi=90)
+    plt.close(figure)
+
+
+# -- bench --------------------------------------------------------------------------------------------------
+_SHARED: dict[str, Any] = {}  # the scenario and workload, inherited by forked workers instead of pickled
+
+
+def _run(variant: Variant) -> tuple[dict[str, Any], list[tuple[float, float]]]:
+    result, sim = simulate(_SHARED["scenario"], variant.policy, arrivals=_SHARED["arrivals"], variant=variant)
+    out_dir = _SHARED.get("out_dir")
+    if out_dir is not None and variant.label == variant.policy:
+        write_result(result, sim, out_dir / variant.label)
+    return result, [(s.at, s.cost_usd) for s in sim.samples]
+
+
+def variants(scenario: Scenario, policies: tuple[str, ...] | None = None, *,
+             sweeps: bool = True, ablations: bool = True) -> list[Variant]:
+    serving = scenario.serving is not None
+    names = policies or (SERVING_POLICIES if serving else POLICIES)
+    ours = "serving-crossfleet" if serving else "crossfleet"
+    default = 0.7 if serving else scenario.rebalancer.policy_fields().get("target_wait_seconds", 120.0)
+    knobs = UTILIZATION_KNOBS if serving else WAIT_KNOBS
+    out = []
+    for name in names:
+        if name == ours:
+            out.append(Variant(name, name))
+            continue
+        out.append(Variant(name, name, knob=float(default)))
+        if sweeps:
+            out += [Variant(f"{name}@{knob:g}", name, knob=knob) for knob in knobs if knob != default]
+    if ablations and not serving and ours in names:
+        out += [Variant(label, ours, settings=settings, switches=switches)
+                for label, (settings, switches) in ABLATIONS.items()]
+    return out
+
+
+def frontier_cost_at(points: list[dict[str, Any]], slo: float) -> float | None:
+    """The least cost at which the frontier reaches `slo`: linear between its Pareto points; None if never."""
+    pareto = []
+    for point in sorted(points, key=lambda p: (-p["slo_attainment"], p["cost_usd"])):
+        if not pareto or point["cost_usd"] < pareto[-1]["cost_usd"]:
+            pareto.append(point)
+    pareto.reverse()  # rising SLO, rising cost
+    if not pareto or slo > pareto[-1]["slo_attainment"] + 1e-12:
+        return None
+    if slo <= pareto[0]["slo_attainment"]:
+        return float(pareto[0]["cost_usd"])
+    for low, high in itertools.pairwise(pareto):
+        if low["slo_attainment"] <= slo <= high["slo_attainment"]:
+            span = high["slo_attainment"] - low["slo_attainment"]
+            share = (slo - low["slo_attainment"]) / span if span else 1.0
+            return float(low["cost_usd"] + share * (high["cost_usd"] - low["cost_usd"]))
+    return float(pareto[-1]["cost_usd"])
 
 
 def bench(scenario: Scenario, out_dir: Path | None = None, *, progress: bool = False,
-          policies: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Every policy on one workload: the queue policies, or for a serving scenario the endpoint policies."""
-    if policies is None:
-        policies = SERVING_POLICIES if scenario.serving is not None else POLICIES
+          policies: tuple[str, ...] | None = None, sweeps: bool = True, ablations: bool = True,
+          integer: bool = True, workers: int = 2, integer_time_limit_seconds: float = 30.0) -> dict[str, Any]:
+    """Every policy (and its frontier, and crossfleet's ablations) on one workload, and both bounds."""
     arrivals = build_workload(scenario)
-    results = {}
-    for name in policies:
-        result, sim = simulate(scenario, name, arrivals=arrivals, progress=progress)
-        results[name] = result
-        if out_dir is not None:
-            write_result(result, sim, out_dir / name)
-    bound = lower_bound_cost(scenario, arrivals)
-    report = {"scenario": scenario.name, "seed": scenario.seed, "jobs": len(arrivals),
-              "lower_bound_cost_usd": round(bound, 4),
-              "deadline_lower_bound_cost_usd": round(deadline_bound_cost(scenario, arrivals), 4),
-              "policies": results}
+    runs = variants(scenario, policies, sweeps=sweeps, ablations=ablations)
+    _SHARED.update(scenario=scenario, arrivals=arrivals, out_dir=out_dir)
+    log: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    results: dict[str, dict[str, Any]] = {}
+    curves: dict[str, list[tuple[float, float]]] = {}
+    if workers > 1 and len(runs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for variant, (result, curve) in zip(runs, pool.map(_run, runs), strict=True):
+                results[variant.label], curves[variant.label] = result, curve
+                log(f"  {variant.label:<28} ${result['cost_usd']:>9.2f}  SLO {result['slo_attainment']:.3f}")
+    else:
+        for variant in runs:
+            results[variant.label], curves[variant.label] = _run(variant)
+            log(f"  {variant.label:<28} ${results[variant.label]['cost_usd']:>9.2f}  "
+                f"SLO {results[variant.label]['slo_attainment']:.3f}")
+    _SHARED.clear()
+    ours = "serving-crossfleet" if scenario.serving is not None else "crossfleet"
+    log("  bounds: fluid LP ...")
+    fluid = fluid_bound(scenario, arrivals)
+    bound_note = "queue model: each request's deadline, not TTFT/TPOT" if scenario.serving else None
+    integer_result = None
+    if integer and ours in results:
+        log(f"  bounds: integer MILP (HiGHS, {integer_time_limit_seconds:.0f} s limit) ...")
+        integer_result = integer_bound(scenario, arrivals, miss_budget=results[ours]["jobs_late"],
+                                       time_limit_seconds=integer_time_limit_seconds)
+    proven = [b for b in (fluid, integer_result.dual_usd if integer_result else None) if b is not None]
+    report: dict[str, Any] = {
+        "scenario": scenario.name, "seed": scenario.seed, "jobs": len(arrivals),
+        "lower_bound_cost_usd": round(max(proven), 4),
+        "bounds": {"fluid_usd": round(fluid, 4),
+                   "integer_usd": None if integer_result is None or integer_result.dual_usd is None
+                   else round(integer_result.dual_usd, 4),
+                   "integer_gap": None if integer_result is None or integer_result.gap is None
+                   else round(integer_result.gap, 4),
+                   "integer_incumbent_usd": None if integer_result is None or integer_result.incumbent_usd is None
+                   else round(integer_result.incumbent_usd, 4),
+                   "integer_miss_budget": results[ours]["jobs_late"] if integer_result else None,
+                   "integer_status": integer_result.status if integer_result else None,
+                   "note": bound_note},
+        "policies": {}, "frontiers": {}, "cost_vs_frontier": {}, "ablations": {},
+    }
+    for variant in runs:
+        result = results[variant.label]
+        if variant.label == variant.policy:
+            report["policies"][variant.label] = result
+        if variant.policy != ours:
+            report["frontiers"].setdefault(variant.policy, []).append(
+                {"knob": variant.knob, "cost_usd": result["cost_usd"], "slo_attainment": result["slo_attainment"]})
+        elif variant.label != ours:
+            report["ablations"][variant.label] = {"cost_usd": result["cost_usd"],
+                                                  "slo_attainment": result["slo_attainment"]}
+    for points in report["frontiers"].values():
+        points.sort(key=lambda p: p["knob"])
+    if ours in results:
+        mine = results[ours]
+        for baseline, points in report["frontiers"].items():
+            cost = frontier_cost_at(points, mine["slo_attainment"])
+            report["cost_vs_frontier"][baseline] = None if cost is None else round(mine["cost_usd"] / cost, 4)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "bench.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_bench_plots(report, curves, out_dir)
     return report
+
+
+def write_bench_plots(report: dict[str, Any], curves: dict[str, list[tuple[float, float]]], out_dir: Path) -> None:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for baseline, points in report["frontiers"].items():
+        axis.plot([p["slo_attainment"] for p in points], [p["cost_usd"] for p in points], marker="o",
+                  label=f"{baseline} (knob swept)")
+    for name, result in report["policies"].items():
+        if name not in report["frontiers"]:
+            axis.plot([result["slo_attainment"]], [result["cost_usd"]], marker="*", markersize=14, linestyle="",
+                      color="black", label=name)
+    for name, ablation in report["ablations"].items():
+        axis.plot([ablation["slo_attainment"]], [ablation["cost_usd"]], marker="x", linestyle="", label=name)
+    axis.axhline(report["lower_bound_cost_usd"], color="grey", linestyle=":", label="proven lower bound")
+    axis.set(xlabel="SLO attainment", ylabel="cost (USD)", title=f"{report['scenario']}: cost vs SLO")
+    axis.legend(fontsize="x-small")
+    figure.tight_layout()
+    figure.savefig(out_dir / "cost_vs_slo.png", dpi=90)
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    for name in report["policies"]:
+        curve = curves.get(name, [])
+        axis.plot([t / 60 for t, _ in curve], [c for _, c in curve], label=name)
+    axis.set(xlabel="minutes", ylabel="cumulative cost (USD)", title=f"{report['scenario']}: cost over time")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(out_dir / "cost.png", dpi=90)
+    plt.close(figure)
 
 
 def bench_table(report: dict[str, Any]) -> str:
     policies = report["policies"]
     bound = report["lower_bound_cost_usd"]
-
-    def ratio(cost: float, other: str) -> str:
-        base = policies.get(other, {}).get("cost_usd")
-        return f"{cost / base:.2f}" if base else "-"
-
-    slo_bound = report["deadline_lower_bound_cost_usd"]
-    # A serving scenario's baselines carry the `serving-` prefix; the columns compare with the same two.
-    prefix = "serving-" if any(name.startswith("serving-") for name in policies) else ""
-    width = max(16, *(len(name) + 1 for name in policies))
-    lines = [f"scenario {report['scenario']}: {report['jobs']} jobs, lower bound ${bound:.2f} "
-             f"(deadline-aware bound ${slo_bound:.2f})",
-             f"{'policy':<{width}}{'cost $':>9}{'/gpu-only':>10}{'/target-tr':>11}{'/bound':>8}{'/dl-bnd':>8}{'SLO':>8}"
-             f"{'p50 s':>8}{'p99 s':>8}{'lost':>6}{'moves':>7}"]
+    bounds = report["bounds"]
+    integer = "n/a"
+    if bounds["integer_usd"] is not None:
+        integer = f"${bounds['integer_usd']:.2f} (gap {bounds['integer_gap'] or 0:.1%})"
+    width = max(20, *(len(name) + 2 for name in policies), *(len(name) + 13 for name in report["ablations"]))
+    serving = any("ttft_p99_seconds" in r for r in policies.values())
+    lines = [f"scenario {report['scenario']}: {report['jobs']} jobs; proven lower bound ${bound:.2f} "
+             f"(fluid LP ${bounds['fluid_usd']:.2f}, integer MILP {integer})",
+             f"{'policy':<{width}}{'cost $':>9}{'x bound':>8}{'SLO':>7}{'vs frontier':>12}"
+             + (f"{'TTFT p99':>9}{'TPOT p99':>9}{'failed':>7}" if serving else f"{'p50 s':>7}{'p99 s':>7}")
+             + f"{'lost':>5}{'moves':>6}"]
     for name, result in policies.items():
-        cost = result["cost_usd"]
-        lines.append(
-            f"{name:<{width}}{cost:>9.2f}{ratio(cost, prefix + 'gpu-only'):>10}"
-            f"{ratio(cost, prefix + 'target-tracking'):>11}"
-            f"{(cost / bound if bound else float('nan')):>8.2f}"
-            f"{(cost / slo_bound if slo_bound else float('nan')):>8.2f}{result['slo_attainment']:>8.3f}"
-            f"{(result['latency_p50_s'] or 0):>8.1f}{(result['latency_p99_s'] or 0):>8.1f}{result['jobs_lost']:>6}"
-            f"{result['moves']:>7}")
+        ratio = report["cost_vs_frontier"].get(name, "")
+        versus = "" if name in report["cost_vs_frontier"] else "-"
+        if ratio is None:
+            versus = "never"
+        elif ratio != "":
+            versus = f"{ratio:.2f}"
+        tail = (f"{(result.get('ttft_p99_seconds') or 0):>9.2f}{(result.get('tpot_p99_seconds') or 0):>9.3f}"
+                f"{result.get('requests_failed', 0):>7}" if serving else
+                f"{(result['p50_seconds'] or 0):>7.1f}{(result['p99_seconds'] or 0):>7.1f}")
+        lines.append(f"{name:<{width}}{result['cost_usd']:>9.2f}{result['cost_usd'] / bound if bound else 0:>8.2f}"
+                     f"{result['slo_attainment']:>7.3f}{versus:>12}{tail}{result['jobs_lost']:>5}{result['moves']:>6}")
+    if report["cost_vs_frontier"]:
+        lines.append("vs frontier: crossfleet's cost / the baseline's least cost at crossfleet's SLO (its knob swept;"
+                     " 'never': the baseline never reaches it)")
+    for name, ablation in report["ablations"].items():
+        lines.append(f"{'  ablation ' + name:<{width}}{ablation['cost_usd']:>9.2f}"
+                     f"{ablation['cost_usd'] / bound if bound else 0:>8.2f}{ablation['slo_attainment']:>7.3f}")
     return "\n".join(lines)

@@ -15,6 +15,8 @@ from crossfleet.config.offerings import offerings
 from crossfleet_control.core.jobs import JOB_CLASSES, PLACEMENTS
 
 POOLS = ("cpu", "gpu")
+# The Azure code trace as the dataset names it, and as the shipped scenarios (and ../shared/traces) name it.
+TRACE_NAMES = ("azure_llm_inference_2023_code.csv", "AzureLLMInferenceTrace_code.csv")
 EVENT_TYPES = ("capacity", "spot_interruption", "price")
 
 
@@ -68,9 +70,15 @@ class Event:
 
 @dataclass(frozen=True)
 class ServingScenario:
-    latency_slo_p99_seconds: float
+    latency_slo_p99_seconds: float  # the deployment's setting, what serving-crossfleet steers by
     initial_gpu_weight: int
     max_weight_step: int
+    # How the benchmark measures serving: MLPerf Inference's server limits for Llama-3.1-8B (TTFT p99 2 s, TPOT
+    # p99 100 ms; mlcommons/inference loadgen/mlperf.conf) [A], and a request not started within the ALB's
+    # default 60 s idle timeout has failed (Elastic Load Balancing, "idle timeout", default 60 s) [A].
+    ttft_slo_seconds: float = 2.0
+    tpot_slo_seconds: float = 0.1
+    request_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -140,10 +148,14 @@ def parse_scenario(raw: Any, *, base_dir: Path = Path("."), trace_override: str 
 
 
 def _serving(raw: Any) -> ServingScenario:
-    s = p.section(raw, "serving", ("latency_slo_p99_seconds", "initial_gpu_weight", "max_weight_step"))
+    s = p.section(raw, "serving", ("latency_slo_p99_seconds", "initial_gpu_weight", "max_weight_step",
+                                   "ttft_slo_seconds", "tpot_slo_seconds", "request_timeout_seconds"))
     return ServingScenario(latency_slo_p99_seconds=_number(s, "serving", "latency_slo_p99_seconds", 30, 0.05, 3600),
                            initial_gpu_weight=p.integer(s, "serving", "initial_gpu_weight", 50, maximum=100),
-                           max_weight_step=p.integer(s, "serving", "max_weight_step", 20, minimum=1, maximum=100))
+                           max_weight_step=p.integer(s, "serving", "max_weight_step", 20, minimum=1, maximum=100),
+                           ttft_slo_seconds=_number(s, "serving", "ttft_slo_seconds", 2.0, 0.01, 3600),
+                           tpot_slo_seconds=_number(s, "serving", "tpot_slo_seconds", 0.1, 0.001, 60),
+                           request_timeout_seconds=_number(s, "serving", "request_timeout_seconds", 60, 0.1, 3600))
 
 
 def _number(raw: Any, path: str, key: str, default: float, low: float, high: float) -> float:
@@ -199,9 +211,16 @@ def _trace(raw: Any, base_dir: Path, regions: tuple[str, ...], override: str | N
         raise ConfigError(p.join(path, "path"), trace_path, "a path to an Azure LLM inference trace CSV")
     resolved = Path(trace_path) if Path(trace_path).is_absolute() or override else base_dir / trace_path
     if not resolved.exists():
-        raise ConfigError(p.join(path, "path"), str(resolved),
-                          "an existing CSV with TIMESTAMP,ContextTokens,GeneratedTokens (download "
-                          "AzureLLMInferenceTrace_code.csv from github.com/Azure/AzurePublicDataset)")
+        # The dataset's own file name and the name the shipped scenarios use are the same trace: accept either.
+        for alias in TRACE_NAMES:
+            if resolved.name in TRACE_NAMES and (resolved.parent / alias).exists():
+                resolved = resolved.parent / alias
+                break
+    if not resolved.exists():
+        raise ConfigError(p.join(path, "path"), str(resolved.resolve()),
+                          f"an existing CSV with TIMESTAMP,ContextTokens,GeneratedTokens; a relative path is read "
+                          f"from the scenario's folder ({base_dir.resolve()}); pass --trace PATH, or download "
+                          f"data/AzureLLMInferenceTrace_code.csv from github.com/Azure/AzurePublicDataset")
     placement = p.choice(s, path, "placement", "either", PLACEMENTS)
     return TraceWorkload(path=str(resolved), rate_scale=_number(s, path, "rate_scale", 1.0, 0.01, 1000),
                          placement=placement, preference=p.choice(s, path, "preference", "gpu", POOLS),

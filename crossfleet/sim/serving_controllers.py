@@ -15,11 +15,11 @@ model's time, as for queued jobs. Three controllers:
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import replace
 
-from crossfleet.sim.controllers import IDLE_CYCLE_CALLS, CrossfleetPolicy, track_target
+from crossfleet.sim.autoscaling import TargetTracker
+from crossfleet.sim.controllers import IDLE_CYCLE_CALLS, CrossfleetPolicy, apply_tracker
 from crossfleet.sim.engine import JobRecord, Pool, Simulation
 from crossfleet.sim.scenario import ServingScenario
 from crossfleet.sim.stats import percentile
@@ -106,14 +106,17 @@ class CrossfleetServing(CrossfleetPolicy):
 
 
 class RequestCountTracking:
-    """AWS target tracking on ALBRequestCountPerTarget per pool, with a fixed split (scale-in cooldown 300 s)."""
+    """AWS target tracking on ALBRequestCountPerTarget per pool (`autoscaling.TargetTracker`), with a fixed split.
 
-    def __init__(self, name: str, gpu_weight: int, cooldown_seconds: float = 300.0) -> None:
+    The target is `target_utilization` of a target's request capacity per period (the same 70% for every
+    controller by default; the knob a frontier sweeps)."""
+
+    def __init__(self, name: str, gpu_weight: int, target_utilization: float = TARGET_UTILIZATION) -> None:
         self.name = name
         self.gpu_weight = gpu_weight
-        self.cooldown_seconds = cooldown_seconds
+        self.target_utilization = target_utilization
         self.requests: dict[tuple[str, str], int] = {}
-        self.last_scale_in: dict[str, float] = {}
+        self.trackers: dict[str, TargetTracker] = {}
 
     def route(self, record: JobRecord) -> str:
         pool = _route(record, self.gpu_weight)
@@ -124,17 +127,19 @@ class RequestCountTracking:
         period = sim.scenario.control_period_seconds
         for name, pool in pools.items():
             count = self.requests.pop((region, name), 0)
-            per_target = pool.profile.jobs_per_second(pool.spec.mean_job_seconds) * TARGET_UTILIZATION * period
+            per_target = pool.profile.jobs_per_second(pool.spec.mean_job_seconds) * self.target_utilization * period
+            tracker = self.trackers.setdefault(pool.key, TargetTracker(per_target))
             # Target tracking runs inside AWS: no controller API calls to count.
-            track_target(sim, pool, math.ceil(count / per_target), now, self.last_scale_in, self.cooldown_seconds)
+            apply_tracker(sim, pool, tracker, count, now)
 
 
-def make_serving_controller(name: str, settings: PolicySettings, scenario: ServingScenario,
-                            period_seconds: float) -> CrossfleetServing | RequestCountTracking:
+def make_serving_controller(name: str, settings: PolicySettings, scenario: ServingScenario, period_seconds: float,
+                            *, target_utilization: float | None = None) -> CrossfleetServing | RequestCountTracking:
+    utilization = TARGET_UTILIZATION if target_utilization is None else target_utilization
     if name == "serving-crossfleet":
         return CrossfleetServing(settings, scenario, period_seconds)
     if name == "serving-gpu-only":
-        return RequestCountTracking(name, 100)
+        return RequestCountTracking(name, 100, utilization)
     if name == "serving-target-tracking":
-        return RequestCountTracking(name, scenario.initial_gpu_weight)
-    raise ValueError(f"unknown serving policy {name!r}; known: {', '.join(SERVING_POLICIES)}")
+        return RequestCountTracking(name, scenario.initial_gpu_weight, utilization)
+    raise ValueError(f"unknown serving policy {name!r}; serving policies: {', '.join(SERVING_POLICIES)}")
