@@ -10,12 +10,15 @@ import pytest
 from moto import mock_aws
 
 from crossfleet_control.aws.controller_state import ControllerState, LeaseLost
+from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.core.policy_types import ControllerMemory
 from crossfleet_control.orchestration.rebalance_cycle import run_cycle
 from crossfleet_control.orchestration.record import api_call_bound
 from tests.aws_region import Region, build_region
 from tests.fakes import FakeSqs, FaultyClient, capture_metrics, count_calls, metric_total, throttled
 from tests.jobfactory import job_message
+from tests.test_exactly_once import CountingRunner
+from tests.test_intake_and_worker import agent_for
 from tests.test_rebalancer_handler import SMALL_GPU, load_saturated_gpu
 
 
@@ -99,6 +102,10 @@ def test_failed_send_keeps_the_original_in_place(region: Region):
 
 
 def test_crash_between_send_and_delete_leaves_a_duplicate_not_a_loss(region: Region):
+    """The rebalancer dies after sending moved copies and before deleting the originals: two copies of each
+    moved job exist. Workers then drain both pools: every job runs exactly once (the duplicate is settled by the
+    ledger, never run) and ends `succeeded`. An earlier version stopped at counting queue contents and never
+    ran a worker, so a duplicate that ran twice could not fail it."""
     ids = load_saturated_gpu(region)
     deps = region.deps()
     deps.queues.client = FaultyClient(deps.queues.client,
@@ -113,6 +120,19 @@ def test_crash_between_send_and_delete_leaves_a_duplicate_not_a_loss(region: Reg
     # The lease was released on the way out, so the next tick runs at once.
     assert run_cycle(region.deps(), {}, holder="after-crash", remaining_ms=lambda: 50_000)["status"] == "ok"
     assert_conserved(region, ids)
+
+    region.reset_visibility()
+    runner = CountingRunner()
+    agents = [agent_for(region, pool, runner, f"i-{pool}") for pool in ("cpu", "gpu")]
+    while any(region.job_ids(pool) for pool in ("cpu", "gpu")):
+        handled = sum(len([agent.execute(w) for w in agent.receive(10)]) for agent in agents)
+        assert handled or any(region.job_ids(p) for p in ("cpu", "gpu")), "no progress"
+        if not handled:
+            region.reset_visibility()
+    every = ids["either"] | ids["gpu_only"] | ids["cpu_only"]
+    assert set(runner.runs) == every and set(runner.runs.values()) == {1}, "each job ran once, duplicates never"
+    ledger = Ledger(region.client("dynamodb"), region.settings.table_name)
+    assert {ledger.head(job_id)["status"] for job_id in every} == {"succeeded"}
 
 
 def test_second_invocation_does_nothing_while_the_lease_is_held(region: Region):
