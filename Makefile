@@ -10,7 +10,7 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export AWS_EC2_METADATA_DISABLED := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup synth deploy test e2e lint bench clean local local-demo
+.PHONY: setup synth deploy test soak e2e lint bench clean local local-demo
 
 # Your own config file for synth, deploy and the cost report: `make synth CONFIG=my.json`.
 CONFIG ?=
@@ -44,10 +44,14 @@ synth: setup
 deploy: setup
 	cdk deploy --all --no-notices --require-approval broadening $(CDK_CONFIG)
 
+# The chaos soak (tests/test_chaos.py, 5 fresh seeds x 30,000 jobs) is deselected here: `make soak` runs it.
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not soak"
+
+soak: setup
+	$(PY) -m pytest -m soak -s tests/test_chaos.py
 
 # Deploy every stack into moto's server on loopback and drive jobs through it (also part of `make test`).
 e2e: setup
