@@ -154,12 +154,20 @@ class RegionStack(Stack):
             role.add_to_policy(iam.PolicyStatement(
                 sid="PublishJobOutcomes", actions=["cloudwatch:PutMetricData"], resources=["*"],
                 conditions={"StringEquals": {"cloudwatch:namespace": "crossfleet"}}))
+            own_group = Arn.format(ArnComponents(
+                service="autoscaling", resource="autoScalingGroup",
+                resource_name=f"*:autoScalingGroupName/{group_names[pool]}",
+                arn_format=ArnFormat.COLON_RESOURCE_NAME), self)
             role.add_to_policy(iam.PolicyStatement(
                 sid="CompleteOwnScaleInHook", actions=["autoscaling:CompleteLifecycleAction"],
-                resources=[Arn.format(ArnComponents(
-                    service="autoscaling", resource="autoScalingGroup",
-                    resource_name=f"*:autoScalingGroupName/{group_names[pool]}",
-                    arn_format=ArnFormat.COLON_RESOURCE_NAME), self)],
+                resources=[own_group],
+                conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
+            # The agent protects its instance from scale-in while it holds jobs (case 6) and keeps its
+            # termination hook open while it drains (case 17): its own group only.
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ProtectAndDrainOwnInstance",
+                actions=["autoscaling:SetInstanceProtection", "autoscaling:RecordLifecycleActionHeartbeat"],
+                resources=[own_group],
                 conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
 
         table = offerings()

@@ -375,12 +375,26 @@ class FakeS3:
 
 
 class FakeAutoScaling:
-    """Only the lifecycle calls: an instance has an active termination action until it is completed."""
+    """The lifecycle and protection calls: an instance has an active termination action until it is completed."""
 
     def __init__(self, lock: threading.RLock) -> None:
         self._lock = lock
         self.active: set[str] = set()
         self.completed: list[str] = []
+        self.protected: dict[str, bool] = {}
+
+    def set_instance_protection(self, InstanceIds: list[str], ProtectedFromScaleIn: bool, **_: Any) -> dict[str, Any]:
+        with self._lock:
+            for instance in InstanceIds:
+                self.protected[instance] = ProtectedFromScaleIn
+            return {}
+
+    def record_lifecycle_action_heartbeat(self, InstanceId: str, **_: Any) -> dict[str, Any]:
+        with self._lock:
+            if InstanceId not in self.active:
+                raise client_error("ValidationError", "RecordLifecycleActionHeartbeat",
+                                   f"No active Lifecycle Action found with instance ID {InstanceId}")
+            return {}
 
     def complete_lifecycle_action(self, InstanceId: str, **_: Any) -> dict[str, Any]:
         with self._lock:
@@ -400,7 +414,7 @@ class Crash(BaseException):
 
 WRITES = {"send_message", "send_message_batch", "delete_message", "delete_message_batch", "change_message_visibility",
           "change_message_visibility_batch", "put_item", "update_item", "batch_write_item", "put_object",
-          "complete_lifecycle_action"}
+          "complete_lifecycle_action", "set_instance_protection", "record_lifecycle_action_heartbeat"}
 READS = {"receive_message", "get_item", "query", "get_queue_url"}
 
 

@@ -88,6 +88,20 @@ def test_instances_may_complete_only_their_own_groups_lifecycle_action(default_a
         assert "autoScalingGroupName/crossfleet-dev-us-east-1-" in json.dumps(statement["Resource"])
 
 
+def test_instances_may_protect_and_heartbeat_only_their_own_group(default_app: SynthesizedApp):
+    template = default_app.template_json("us-east-1")
+    statements = [s for p in resources_of_type(template, "AWS::IAM::Policy").values()
+                  for s in p["Properties"]["PolicyDocument"]["Statement"]
+                  if "autoscaling:SetInstanceProtection" in json.dumps(s.get("Action"))]
+    assert len(statements) == 2, "one per pool role"
+    for statement in statements:
+        assert sorted(statement["Action"]) == ["autoscaling:RecordLifecycleActionHeartbeat",
+                                               "autoscaling:SetInstanceProtection"]
+        assert statement["Condition"] == {"StringEquals": {"aws:ResourceTag/crossfleet:deployment": "crossfleet-dev"}}
+        resource = json.dumps(statement["Resource"])
+        assert "autoScalingGroupName/crossfleet-dev-us-east-1-" in resource and "*" not in resource.split("/")[-1]
+
+
 def test_systemd_unit_and_installer():
     unit = (ROOT / "worker" / "crossfleet-worker.service").read_text()
     assert "ExecStart=/opt/crossfleet/venv/bin/python -m crossfleet_worker /etc/crossfleet/worker.json" in unit

@@ -116,6 +116,8 @@ class Agent:
     stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: dict[str, InFlight] = field(default_factory=dict)
+    # Scale-in protection as last set on this instance; None: unknown (a restart may have left it on).
+    protected: bool | None = None
 
     def ledger_of(self, job: Job) -> Ledger:
         """The ledger that holds the job's identity: its origin region's, so it is claimed once across regions."""
@@ -134,6 +136,9 @@ class Agent:
             QueueUrl=self.settings.queue_url, MaxNumberOfMessages=max(1, min(10, max_messages)),
             WaitTimeSeconds=self.settings.wait_seconds if wait_seconds is None else wait_seconds,
             VisibilityTimeout=self.settings.visibility_seconds)
+        if not response.get("Messages") and not self.in_flight and self.protected is not False:
+            # Idle (an empty long poll, nothing running): scale-in may pick this instance again.
+            self.set_protection(False)
         claimed = []
         for message in response.get("Messages", []):
             receipt = message["ReceiptHandle"]
@@ -156,6 +161,9 @@ class Agent:
                 self._delete(receipt)
                 continue
             if claim.won:
+                if self.protected is not True:
+                    # Before the run starts: scale-in must pick an idle instance, not this one (case 6).
+                    self.set_protection(True)
                 with self._lock:
                     self.in_flight[job.id] = InFlight(job, receipt, claim.attempt)
                 claimed.append(self.in_flight[job.id])
@@ -242,12 +250,59 @@ class Agent:
             raise
         return True
 
+    def set_protection(self, protected: bool) -> bool:
+        """Scale-in protection for this instance in its own group, set while it holds jobs and cleared once idle,
+        so a scale-in terminates idle instances first (failure case 6). Set on the first claim and cleared on an
+        empty poll, not per job: the call is rate-limited per account. A failure is logged and retried at the
+        next transition; the drain still requeues whatever a termination interrupts."""
+        try:
+            self.autoscaling.set_instance_protection(
+                InstanceIds=[self.owner], AutoScalingGroupName=self.settings.group_name,
+                ProtectedFromScaleIn=protected)
+        except (BotoCoreError, ClientError) as error:
+            self.log(f"scale-in protection not {'set' if protected else 'cleared'}: {error}")
+            self.protected = None  # unknown: the next idle poll clears it, the next claim sets it
+            return False
+        self.protected = protected
+        return True
+
+    def lifecycle_heartbeat(self) -> bool:
+        """Keep this instance's termination hook open while a drain runs (failure case 17). False once AWS has
+        no active lifecycle action for it: completed, or timed out into its default result. Either way there is
+        nothing left to hold open, and termination goes ahead."""
+        try:
+            self.autoscaling.record_lifecycle_action_heartbeat(
+                LifecycleHookName=self.settings.lifecycle_hook, AutoScalingGroupName=self.settings.group_name,
+                InstanceId=self.owner)
+        except ClientError as error:
+            if "No active Lifecycle Action" in str(error):
+                return False
+            self.log(f"lifecycle heartbeat failed, retrying: {error}")
+        except BotoCoreError as error:
+            self.log(f"lifecycle heartbeat failed, retrying: {error}")
+        return True
+
+    @property
+    def lifecycle_heartbeat_period(self) -> float:
+        """Three beats per hook timeout (drain_seconds), like the job lease: two may fail in a row."""
+        timeout = self.settings.drain_seconds if self.settings.drain_seconds is not None \
+            else self.settings.visibility_seconds
+        return max(1.0, float(timeout) / 3)
+
     def drain(self, budget_seconds: float, sleep: Callable[[float], None] = time.sleep) -> int:
-        """Scale-in: take no new jobs, let running ones finish within the budget, requeue the rest."""
+        """Scale-in: take no new jobs, let running ones finish within the budget, requeue the rest. The
+        termination hook is heartbeaten meanwhile; once AWS says it has no active action for this instance, the
+        instance is going now: requeue at once instead of waiting out the budget."""
         self.stopping.set()
         deadline = self.clock() + budget_seconds
+        next_beat = self.clock() + self.lifecycle_heartbeat_period
         while self.in_flight and self.clock() < deadline:
             sleep(1.0)
+            if self.clock() >= next_beat:
+                if not self.lifecycle_heartbeat():
+                    self.log("no active lifecycle action: the instance is terminating now, requeueing")
+                    break
+                next_beat = self.clock() + self.lifecycle_heartbeat_period
         return self.requeue_in_flight("instance scaling in") if self.in_flight else 0
 
     # -- internals -----------------------------------------------------------------------------------------------
