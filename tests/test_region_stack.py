@@ -257,9 +257,9 @@ def test_rebalancer_may_size_only_this_deployments_groups_and_never_retag_them(
     assert "sqs:DeleteQueue" not in sqs_actions and "sqs:SetQueueAttributes" not in sqs_actions
 
 
-ALARMS = ("CpuDeadLetters", "CpuOldestJob", "CpuCapacityShortage", "GpuDeadLetters", "GpuOldestJob",
-          "GpuCapacityShortage", "IntakeDeadLetters", "RejectsRising", "RebalancerErrors", "RebalancerMissedCycles",
-          "ControllerCallErrors")
+ALARMS = ("CpuDeadLetters", "CpuOldestJob", "CpuCapacityShortage", "CpuRunawayLaunches", "GpuDeadLetters",
+          "GpuOldestJob", "GpuCapacityShortage", "GpuRunawayLaunches", "IntakeDeadLetters", "RejectsRising",
+          "RebalancerErrors", "RebalancerMissedCycles", "ControllerCallErrors")
 
 
 @pytest.mark.parametrize("region", REGIONS)
@@ -281,6 +281,9 @@ def test_every_alarm_pages_through_the_encrypted_topic_and_has_a_runbook_entry(d
     assert missed["ComparisonOperator"] == "LessThanThreshold" and missed["TreatMissingData"] == "breaching"
     shortage = alarms[f"crossfleet-dev-{region}-GpuCapacityShortage"]
     assert shortage["EvaluationPeriods"] == 15 and shortage["MetricName"] == "FailedLaunches"
+    runaway = alarms[f"crossfleet-dev-{region}-GpuRunawayLaunches"]
+    assert runaway["MetricName"] == "RunawayGuardHolds" and runaway["Threshold"] == 1
+    assert {"Name": "Pool", "Value": "gpu"} in runaway["Dimensions"]
 
 
 def test_dashboards_per_region_and_one_global(default_app: SynthesizedApp):

@@ -30,13 +30,17 @@ class RebalancerConfig:
     move_budget_per_cycle: int
     decision_ttl_days: int
     target_wait_seconds: int
+    max_launches_per_window: int = 10  # the runaway guard (failure case 18)
+    runaway_hold_minutes: int = 30
 
     def policy_fields(self) -> dict[str, float | int]:
         """The policy's settings (crossfleet_control.policy_types.PolicySettings), for the Lambda and simulator."""
         return {"target_wait_seconds": float(self.target_wait_seconds),
                 "scale_in_delay_seconds": float(self.scale_in_delay_minutes * 60),
                 "max_scale_up_step": self.max_scale_up_step, "max_scale_in_step": self.max_scale_in_step,
-                "move_budget": self.move_budget_per_cycle}
+                "move_budget": self.move_budget_per_cycle,
+                "max_launches_per_window": self.max_launches_per_window,
+                "runaway_hold_seconds": float(self.runaway_hold_minutes * 60)}
 
 
 def parse_queues(raw: Any) -> QueueConfig:
@@ -61,7 +65,7 @@ def parse_state(raw: Any) -> StateConfig:
 def parse_rebalancer(raw: Any, path: str = "rebalancer") -> RebalancerConfig:
     s = p.section(raw, path, ("mode", "schedule_minutes", "scale_in_delay_minutes", "max_scale_up_step",
                               "max_scale_in_step", "move_budget_per_cycle", "decision_ttl_days",
-                              "target_wait_seconds"))
+                              "target_wait_seconds", "max_launches_per_window", "runaway_hold_minutes"))
     return RebalancerConfig(
         mode=p.choice(s, path, "mode", "enforce", ("observe", "enforce")),
         schedule_minutes=p.integer(s, path, "schedule_minutes", 1, minimum=1, maximum=60),
@@ -71,4 +75,7 @@ def parse_rebalancer(raw: Any, path: str = "rebalancer") -> RebalancerConfig:
         move_budget_per_cycle=p.integer(s, path, "move_budget_per_cycle", 200, minimum=0, maximum=5000),
         decision_ttl_days=p.integer(s, path, "decision_ttl_days", 14, minimum=1, maximum=365),
         target_wait_seconds=p.integer(s, path, "target_wait_seconds", 120, minimum=1, maximum=86400),
+        # At most 20: the guard counts the group's 20 most recent scaling activities (one API call per cycle).
+        max_launches_per_window=p.integer(s, path, "max_launches_per_window", 10, minimum=1, maximum=20),
+        runaway_hold_minutes=p.integer(s, path, "runaway_hold_minutes", 30, minimum=1, maximum=1440),
     )

@@ -45,6 +45,10 @@ FIELD_HELP = {
     "rebalancer.scale_in_delay_minutes": "how long a lower want must last before scale-in",
     "rebalancer.max_scale_up_step": "most instances added to a pool per cycle",
     "rebalancer.max_scale_in_step": "most instances removed from a pool per cycle",
+    "rebalancer.max_launches_per_window": "runaway guard: launches in the last 15 minutes (at most 20 counted) "
+                                          "that, with fewer instances in service or pending than asked for, hold "
+                                          "the pool at what is usable",
+    "rebalancer.runaway_hold_minutes": "how long the runaway guard holds a pool once it trips",
     "rebalancer.move_budget_per_cycle": "most queued jobs sampled (and moved) per cycle",
     "rebalancer.decision_ttl_days": "how long the decision log keeps a decision",
     "rebalancer.target_wait_seconds": "queue wait a pool is sized to drain within",

@@ -80,6 +80,11 @@ class Monitoring(Construct):
                 period=ONE_MINUTE, statistic="Maximum"), 1,
                 f"The {pool.name} group failed to launch for {config.shortage_alarm_minutes} minutes running.",
                 periods=config.shortage_alarm_minutes)
+            alarm(f"{title}RunawayLaunches", cloudwatch.Metric(
+                namespace=NAMESPACE, metric_name="RunawayGuardHolds", dimensions_map={**dimensions, "Pool": pool.name},
+                period=ONE_MINUTE, statistic="Maximum"), 1,
+                f"The {pool.name} pool hit its launch cap: instances launch but do not become usable "
+                "(bad AMI, driver, user data).", periods=3)
         alarm("IntakeDeadLetters", intake_dead_letters.metric_approximate_number_of_messages_visible(
             period=FIVE_MINUTES, statistic="Maximum"), 1, "Submissions the router could not handle after retries.")
         alarm("RejectsRising", rejects.metric_number_of_messages_sent(period=Duration.minutes(15), statistic="Sum"),

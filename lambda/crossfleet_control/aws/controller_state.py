@@ -82,7 +82,8 @@ class ControllerState:
             sort_key = item[SORT_KEY]["S"]
             if sort_key == "memory":
                 data = json.loads(item["data"]["S"])
-                memory = ControllerMemory(pools={pool: PoolMemory(low_since=entry.get("low_since"))
+                memory = ControllerMemory(pools={pool: PoolMemory(low_since=entry.get("low_since"),
+                                                                  runaway_until=entry.get("runaway_until"))
                                                  for pool, entry in data.get("pools", {}).items()},
                                           serving=ServingMemory(**data.get("serving", {})))
             elif sort_key.startswith("override#"):
@@ -95,7 +96,8 @@ class ControllerState:
 
     def save_memory(self, memory: ControllerMemory, fence: int) -> None:
         """Fenced write: an invocation with an older token can never overwrite a newer one's memory."""
-        data = {"pools": {pool: {"low_since": m.low_since} for pool, m in memory.pools.items()},
+        data = {"pools": {pool: {"low_since": m.low_since, "runaway_until": m.runaway_until}
+                          for pool, m in memory.pools.items()},
                 "serving": asdict(memory.serving)}
         try:
             self.client.put_item(

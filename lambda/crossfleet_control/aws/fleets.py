@@ -75,15 +75,23 @@ class AutoScalingFleets:
                                               MixedInstancesPolicy=policy)
 
     def failed_launches(self, pool: str, now: float) -> int | None:
+        return self.launch_activity(pool, now)[0]
+
+    def launch_activity(self, pool: str, now: float) -> tuple[int | None, int | None]:
+        """(failed, successful) launch activities of the last `failure_window_seconds`, from one call (the 20 most
+        recent activities). A launch counts as successful when EC2 started the instance, whether or not it then
+        became usable: the runaway guard compares these with what is in service (failure case 18)."""
         try:
             activities = self.client.describe_scaling_activities(
                 AutoScalingGroupName=self.group_names[pool], MaxRecords=20)["Activities"]
         except AwsError as error:
             self.on_error(f"autoscaling.describe_scaling_activities[{pool}]", error)
-            return None
-        cutoff = now - self.failure_window_seconds
-        return sum(1 for a in activities
-                   if a.get("StatusCode") in ("Failed", "Cancelled") and _epoch(a.get("StartTime")) >= cutoff)
+            return None, None
+        recent = [a for a in activities if _epoch(a.get("StartTime")) >= now - self.failure_window_seconds]
+        failed = sum(1 for a in recent if a.get("StatusCode") in ("Failed", "Cancelled"))
+        launched = sum(1 for a in recent if a.get("StatusCode") == "Successful"
+                       and str(a.get("Description", "")).startswith("Launching a new EC2 instance"))
+        return failed, launched
 
     def set_desired(self, pool: str, desired: int) -> None:
         self.client.set_desired_capacity(AutoScalingGroupName=self.group_names[pool], DesiredCapacity=desired,

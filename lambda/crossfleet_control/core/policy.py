@@ -297,6 +297,11 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
                              f"capacity short: hold at {hold} ({have} in service or pending): {health.reason}"),
                 memory)
 
+    if override.pinned_desired is None:  # a pin is the operator's instruction: the guard leaves it alone
+        guarded = runaway_guard(spec, telemetry, observation.now, base, memory, settings)
+        if guarded is not None:
+            return guarded
+
     streams = spec.profile.streams
     in_flight = telemetry.in_flight  # known here (asserted above); a local keeps that known inside the closure
 
@@ -357,6 +362,32 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
                 PoolMemory(low_since=low_since))
     reason = f"steady at {base}: {why}" if base == current else f"clamped {current} to [{low}, {high}]"
     return PoolDecision(name, current, base, wanted, reason), PoolMemory()
+
+
+def runaway_guard(spec: PoolSpec, telemetry: PoolTelemetry, now: float, base: int, memory: PoolMemory,
+                  settings: PolicySettings) -> tuple[PoolDecision, PoolMemory] | None:
+    """Failure case 18: instances launch but never become usable (a bad AMI, a driver that does not load, user
+    data that fails). The group replaces each one as it fails its health check, for as long as desired capacity
+    asks for it. The guard trips when the group launched `max_launches_per_window` instances recently while fewer
+    than asked for are in service or pending: desired capacity drops to what is usable (nothing left to launch,
+    nothing running is removed), and the pool holds there for `runaway_hold_seconds`. Launches that become
+    usable never trip it, however many: a legitimate burst is in service or pending."""
+    usable = (telemetry.in_service or 0) + (telemetry.pending or 0)
+    launched = telemetry.launches or 0
+    name, current = spec.name, telemetry.desired
+    asked = current if current is not None else base  # what the group was asked for (before any clamp)
+    if launched >= settings.max_launches_per_window and usable < asked:
+        hold = clamp(usable, spec.min_size, spec.max_size)
+        return (PoolDecision(name, current, hold, None,
+                             f"runaway guard: {launched} launches recently and only {usable} of {asked} in service "
+                             f"or pending: instances are not becoming usable; holding at {hold} for "
+                             f"{settings.runaway_hold_seconds:.0f}s", held=True, runaway=True),
+                PoolMemory(low_since=memory.low_since, runaway_until=now + settings.runaway_hold_seconds))
+    if memory.runaway_until is not None and now < memory.runaway_until:
+        return (PoolDecision(name, current, base, None,
+                             f"runaway guard: holding at {base} for {memory.runaway_until - now:.0f}s more",
+                             held=True, runaway=True), memory)
+    return None
 
 
 def decide(observation: Observation, specs: Mapping[str, PoolSpec], settings: PolicySettings,

@@ -23,6 +23,7 @@ class PoolTelemetry:
     in_service: int | None
     pending: int | None = 0
     failed_launches: int | None = 0  # unsuccessful launch activities in the recent window
+    launches: int | None = 0  # successful launch activities in the recent window (the group's own replacements too)
 
     def missing(self) -> tuple[str, ...]:
         return tuple(name for name in TELEMETRY_FIELDS if getattr(self, name) is None)
@@ -57,6 +58,11 @@ class PolicySettings:
     max_moves_per_job: int = 2
     # Another region's capacity summary older than this is unknown (and unknown is never a failover target).
     stale_peer_seconds: float = 300.0
+    # Runaway guard (failure case 18): a pool whose group launched this many instances in the recent window
+    # (`PoolTelemetry.launches`) while fewer are in service or pending than it asked for is launching instances
+    # that never become usable: it is held at what it has for `runaway_hold_seconds`.
+    max_launches_per_window: int = 10
+    runaway_hold_seconds: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class Override:
 class PoolMemory:
     # When the wanted size first fell below the current one (the scale-in delay runs from here).
     low_since: float | None = None
+    # The runaway guard holds the pool until then (failure case 18).
+    runaway_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,7 @@ class PoolDecision:
     wanted: int | None  # what the backlog asks for, before step limits and delays
     reason: str
     held: bool = False
+    runaway: bool = False  # held by the runaway guard: instances launch but do not become usable
 
     @property
     def changes_capacity(self) -> bool:

@@ -42,10 +42,11 @@ def observe(deps: Dependencies, now: float, overrides: dict[str, Any], *, record
         if group.desired is not None and not tag_ok:
             # Failure case 22: a group that lost or never had our tag is not ours to size.
             metrics.add("Errors", 1, Operation="foreign_group")
+        failed, launched = deps.fleets.launch_activity(pool, now)
         telemetry[pool] = PoolTelemetry(
             visible=queue.visible, in_flight=queue.in_flight, oldest_age_seconds=ages.get(pool),
             desired=group.desired if tag_ok else None, in_service=group.in_service if tag_ok else None,
-            pending=group.pending, failed_launches=deps.fleets.failed_launches(pool, now))
+            pending=group.pending, failed_launches=failed, launches=launched)
     health, peers = capacity(deps, telemetry, now, record_signals)
     return Observation(now=now, pools=telemetry, overrides=overrides, health=health, peers=peers,
                        region=settings.region, configured_regions=settings.configured_regions,

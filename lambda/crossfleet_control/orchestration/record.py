@@ -57,6 +57,8 @@ def emit_metrics(metrics: MetricsRecorder, observation: Observation, decision: D
             metrics.put("DesiredCapacity", pool_decision.desired, Pool=pool)
         if pool_decision.held:
             metrics.add("Holds", 1, Pool=pool)
+        # Published every cycle (0 or 1) so its alarm sees data, not silence, while the guard is off.
+        metrics.put("RunawayGuardHolds", 1 if pool_decision.runaway else 0, Pool=pool)
     for pool, health in observation.health.items():
         metrics.put("CapacityStatus", STATUS_RANK[health.status], Pool=pool)
         metrics.put("SpotFallback", int(health.spot_short), Pool=pool)
