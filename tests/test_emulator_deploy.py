@@ -103,7 +103,7 @@ def test_only_known_types_are_skipped_and_each_is_checked_by_template(deployed: 
         hooks = [r["Properties"] for r in template.values() if r["Type"] == "AWS::AutoScaling::LifecycleHook"]
         assert sorted(h["LifecycleTransition"] for h in hooks) == ["autoscaling:EC2_INSTANCE_TERMINATING"] * 2
         alarms = [r["Properties"] for r in template.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
-        assert len(alarms) == 11 and all(a["AlarmActions"] for a in alarms), "every alarm notifies the topic"
+        assert len(alarms) == 13 and all(a["AlarmActions"] for a in alarms), "every alarm notifies the topic"
         keys = [r["Properties"] for r in template.values() if r["Type"] == "AWS::KMS::Key"]
         assert [k["EnableKeyRotation"] for k in keys] == [True]
         assert "cloudwatch.amazonaws.com" in json.dumps(keys[0]["KeyPolicy"])
