@@ -9,7 +9,8 @@ agent restarts; scale-in drains (completing an already-completed lifecycle actio
 `maxReceiveCount`; duplicate submissions and SQS duplicate deliveries; rebalancer moves between pools and
 failovers to the other region whose deletes fail; worker restarts after every crash.
 
-Reproduce a failure with the seed it prints: `CROSSFLEET_CHAOS_SEED=<seed> pytest tests/test_chaos.py`. Long jobs
+Reproduce a failure with the command it prints (its seed and job count in `CROSSFLEET_CHAOS_SEED` and
+`CROSSFLEET_CHAOS_JOBS`). Long jobs
 run on real threads (the agent's heartbeat is wall-clock), so their interleaving can vary between runs of one
 seed; everything else is drawn from the seed. `CROSSFLEET_CHAOS_JOBS` changes the job count. The longer soak
 (`-m soak`, deselected by `make test`) runs more jobs over several fresh seeds.
@@ -424,7 +425,8 @@ def check_guarantee(world: World) -> dict[str, int]:
 
 
 def run_chaos(seed: int, jobs: int, budget_seconds: float) -> tuple[World, dict[str, int], float]:
-    print(f"chaos seed {seed} ({jobs} jobs); reproduce with CROSSFLEET_CHAOS_SEED={seed}")
+    print(f"chaos seed {seed} ({jobs} jobs); reproduce with CROSSFLEET_CHAOS_SEED={seed} CROSSFLEET_CHAOS_JOBS={jobs} "
+          "pytest -s tests/test_chaos.py -m 'not soak'")
     started = time.monotonic()
     world = World(seed, jobs)
     world.run(chaos_steps=jobs * 6, deadline=started + budget_seconds)
