@@ -32,8 +32,6 @@ def acknowledge_findings(stack: Stack) -> None:
         _ack(stack, f"{base}/Network/Vpc/{endpoint}/SecurityGroup/Resource", "CdkNagValidationFailure",
              "AwsSolutions-EC23 cannot evaluate the VPC CIDR reference; the endpoint security group admits only "
              "TCP 443 from the VPC's own CIDR.", applies_to=["AwsSolutions-EC23"])
-
-
     for function in ("Rebalancer", "IntakeRouter", "CapacityEvents"):
         _ack(stack, f"{base}/{function}/Function/Resource", "AwsSolutions-L1",
              "The controllers are pinned to Python 3.13 on arm64, the runtime they are tested on; moving to a "
@@ -78,6 +76,11 @@ def acknowledge_findings(stack: Stack) -> None:
          "exactly, wildcards the UUID and requires the crossfleet:deployment tag.",
          applies_to=[RegexAppliesTo(regex="/^Resource::arn:<AWS::Partition>:autoscaling:[a-z0-9-]+:"
                                           ".+:autoScalingGroup:\\*:autoScalingGroupName\\/.+$/g")])
+    _ack(stack, f"{base}/OperatorPolicy/Policy/Resource", "AwsSolutions-IAM5",
+         "The operators' read-only observation (DescribeAutoScalingGroups, DescribeScalingActivities, "
+         "cloudwatch:GetMetricData, elasticloadbalancing:DescribeRules) supports no resource-level permissions; "
+         "every write in this policy names the state table and is bounded by dynamodb:LeadingKeys.",
+         applies_to=["Resource::*"])
 
 
 def _ack(stack: Stack, path: str, rule: str, reason: str, *,

@@ -16,6 +16,7 @@ from stacks.constructs.graviton_fleet import GravitonFleet
 from stacks.constructs.intake_router import IntakeRouter
 from stacks.constructs.monitoring import Monitoring, PoolView, global_widgets
 from stacks.constructs.network import Network
+from stacks.constructs.operator_policy import OperatorPolicy
 from stacks.constructs.realtime_endpoint import STREAM_SECONDS, RealtimeEndpoint, model_server_commands
 from stacks.constructs.rebalancer import DEPLOYMENT_TAG, PeerNames, PoolGroup, Rebalancer
 from stacks.constructs.results_bucket import ResultsBucket
@@ -127,11 +128,16 @@ class RegionStack(Stack):
                                    pool_instance_types={p: g.instance_types for p, g in pool_groups.items()},
                                    peers=peers)
 
+        self.operator_policy = OperatorPolicy(
+            self, "OperatorPolicy", deployment=deployment, region=name, state=self.state, queues=self.queues,
+            rebalancer=self.rebalancer.function, peers=peers)
+
         for pool, fleet in (("cpu", self.graviton_fleet), ("gpu", self.accelerator_cluster)):
             role = fleet.instances.role
             self.queues.pools[pool].queue.grant_consume_messages(role)
             self.queues.pools[pool].dead_letter_queue.grant_send_messages(role)
-            self.state.table.grant_read_write_data(role)
+            # The ledger only: workers read and write job# partitions; never an override, breaker, lease or decision.
+            self.state.grant_keys(role, "JobLedgerOnly", read=["job#*"], write=["job#*"])
             role.add_to_policy(iam.PolicyStatement(
                 sid="WriteResultsReadPayloads", actions=["s3:PutObject", "s3:GetObject"],
                 resources=[self.results.bucket.arn_for_objects("results/*")]))
@@ -179,6 +185,7 @@ class RegionStack(Stack):
         CfnOutput(self, "ResultsBucketName", value=self.results.bucket.bucket_name)
         CfnOutput(self, "RebalancerFunctionName", value=self.rebalancer.function.function_name)
         CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
+        CfnOutput(self, "OperatorPolicyArn", value=self.operator_policy.policy.managed_policy_arn)
         for pool in POOLS:
             CfnOutput(self, f"{pool.capitalize()}QueueUrl", value=self.queues.pools[pool].queue.queue_url)
         if self.endpoint is not None:

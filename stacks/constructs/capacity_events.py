@@ -21,7 +21,7 @@ from crossfleet_control.core.capacity_signals import (
 )
 from stacks.constructs.controller_function import controller_function
 from stacks.constructs.rebalancer import DEPLOYMENT_TAG
-from stacks.constructs.state_table import StateTable
+from stacks.constructs.state_table import StateTable, partition_prefixes
 
 
 class CapacityEvents(Construct):
@@ -64,7 +64,9 @@ class CapacityEvents(Construct):
                                         description=f"crossfleet {deployment}: {name} -> capacity breakers")
                       for name, pattern in patterns.items()}
 
-        state.table.grant_read_write_data(role)
+        # Only this region's breakers and GPU summary (capacity#REGION).
+        capacity = partition_prefixes(region)["capacity"]
+        state.grant_keys(role, "OwnBreakersOnly", read=[capacity], write=[capacity])
         role.add_to_policy(iam.PolicyStatement(
             sid="DescribeInstancesAndGroups",
             actions=["ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups"],

@@ -11,7 +11,7 @@ from constructs import Construct
 
 from stacks.constructs.controller_function import controller_function
 from stacks.constructs.rebalancer import PeerNames
-from stacks.constructs.state_table import StateTable
+from stacks.constructs.state_table import StateTable, partition_prefixes
 from stacks.constructs.work_queues import WorkQueues
 
 
@@ -42,7 +42,10 @@ class IntakeRouter(Construct):
         for pool_queue in queues.pools.values():
             pool_queue.queue.grant_send_messages(role)
         queues.rejects.grant_send_messages(role)
-        state.table.grant_read_write_data(role)
+        # Writes the ledger; reads the latest decision and this region's breakers to place jobs (routing_view).
+        keys = partition_prefixes(region)
+        state.grant_keys(role, "LedgerAndPlacementInputs", read=[keys["jobs"], keys["decisions"], keys["capacity"]],
+                         write=[keys["jobs"]])
         others = [r for r in regions if r != region]
         if others:
             # Jobs pinned to another configured region go to that region's intake queue, named by convention.

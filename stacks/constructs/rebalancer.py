@@ -17,7 +17,7 @@ from crossfleet.config.control import RebalancerConfig
 from crossfleet.config.offerings import offerings
 from stacks.constructs.controller_function import controller_function
 from stacks.constructs.realtime_endpoint import RealtimeEndpoint
-from stacks.constructs.state_table import StateTable
+from stacks.constructs.state_table import StateTable, leading_keys_condition, partition_prefixes
 from stacks.constructs.work_queues import WorkQueues
 
 DEPLOYMENT_TAG = "crossfleet:deployment"
@@ -106,7 +106,11 @@ class Rebalancer(Construct):
             queues.pools[pool].queue.grant_consume_messages(role)
             queues.pools[pool].queue.grant(role, "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes")
             queues.pools[pool].dead_letter_queue.grant_send_messages(role)
-        state.table.grant_read_write_data(role)
+        # Its lease, memory and the overrides it reads (rebalancer#REGION), its decision log, this region's breakers
+        # and GPU summary, and the ledger of jobs it moves; nothing it does deletes an item.
+        keys = partition_prefixes(region)
+        owned = [keys["controller"], keys["decisions"], keys["capacity"], keys["jobs"]]
+        state.grant_keys(role, "OwnPartitions", read=owned, write=owned)
         group_arns = [Arn.format(ArnComponents(
             service="autoscaling", resource="autoScalingGroup",
             resource_name=f"*:autoScalingGroupName/{g.group_name}", arn_format=ArnFormat.COLON_RESOURCE_NAME), stack)
@@ -140,7 +144,7 @@ class Rebalancer(Construct):
                 sid="ReadOtherRegionsCapacitySummaryOnly", actions=["dynamodb:GetItem"],
                 resources=[Arn.format(ArnComponents(service="dynamodb", region=peer.region, resource="table",
                                                     resource_name=peer.table_name), stack) for peer in peers],
-                conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["capacity#*"]}}))
+                conditions=leading_keys_condition(["capacity#*"])))
         if endpoint is not None:
             role.add_to_policy(iam.PolicyStatement(
                 sid="TurnOnlyTheEndpointsRule", actions=["elasticloadbalancing:ModifyRule"],
