@@ -61,7 +61,8 @@ def acknowledge_findings(stack: Stack) -> None:
          "This bucket receives the results bucket's server access logs; logging the log bucket would recurse.")
     _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
          "DescribeAutoScalingGroups, DescribeScalingActivities and cloudwatch:GetMetricData (queue ages) support "
-         "no resource-level permissions; the only other '*' statement is the Deny on retagging groups.",
+         "no resource-level permissions; the other '*' statements are Denies (no retagging, no size, subnet or "
+         "type changes).",
          applies_to=["Resource::*"])
     _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
          "Switching a mixed-instances group between Spot and On-Demand re-submits its launch template, which "

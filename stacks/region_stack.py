@@ -118,7 +118,8 @@ class RegionStack(Stack):
             self, "Rebalancer", config=config.rebalancer, deployment=deployment, region=name,
             queues=self.queues, state=self.state, groups=pool_groups, peers=peers,
             max_receive_count=config.queues.max_receive_count,
-            endpoint=self.endpoint)
+            endpoint=self.endpoint, vpc_arn=Arn.format(ArnComponents(
+                service="ec2", resource="vpc", resource_name=self.network.vpc.vpc_id), self))
         self.capacity_events = CapacityEvents(
             self, "CapacityEvents", deployment=deployment, region=name, state=self.state, groups=group_names,
             capacity_block_id=accelerators.capacity_block_id,

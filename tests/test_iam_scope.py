@@ -13,8 +13,8 @@ import pytest
 from aws_cdk import CfnElement, Stack
 from aws_cdk import aws_iam as iam
 
-from tests.cdk_helpers import SynthesizedApp
-from tests.iam_eval import evaluate, managed_policy_statements, role_statements
+from tests.cdk_helpers import SynthesizedApp, synthesize
+from tests.iam_eval import as_list, evaluate, managed_policy_statements, render, role_statements
 
 REGION = "us-east-1"
 OTHER = "us-west-2"
@@ -126,3 +126,86 @@ def test_a_worker_cannot_pin_the_gpu_pool_or_forge_a_breaker(default_app: Synthe
                 assert not evaluate(statements, action, table, {"dynamodb:LeadingKeys": keys}).allowed, (role, keys)
         assert evaluate(statements, "dynamodb:BatchWriteItem", table,
                         {"dynamodb:LeadingKeys": ["job#1", "job#2"]}).allowed, "the ledger still works"
+
+
+def _group_arn(app: SynthesizedApp, statements: list[dict[str, Any]], pool: str) -> str:
+    """The ARN a real call names: the policy's pattern with the group's creation UUID filled in."""
+    patterns = [render(r) for s in statements for r in as_list(s.get("Resource", []))
+                if f"autoScalingGroupName/crossfleet-dev-{REGION}-{pool}" in render(r)]
+    assert patterns, f"no statement names the {pool} group"
+    return patterns[0].replace("autoScalingGroup:*:", "autoScalingGroup:0a1b2c3d-uuid:")
+
+
+OWN_TAG = {"aws:ResourceTag/crossfleet:deployment": "crossfleet-dev"}
+
+
+def test_rebalancer_may_set_desired_capacity_and_switch_market_but_never_resize_bounds(default_app: SynthesizedApp):
+    template = default_app.template_json(REGION)
+    statements = role_statements(template, _roles(default_app)["rebalancer"])
+    configured = default_app.config.regions[0]
+    cpu_types = list(configured.graviton_fleet.all_instance_types)
+    for pool in ("cpu", "gpu"):
+        group = _group_arn(default_app, statements, pool)
+        assert evaluate(statements, "autoscaling:SetDesiredCapacity", group, OWN_TAG).allowed
+        assert not evaluate(statements, "autoscaling:SetDesiredCapacity", group, {}).allowed, "tag required"
+        # What the code sends: the group's own overrides with a new On-Demand share.
+        assert evaluate(statements, "autoscaling:UpdateAutoScalingGroup", group,
+                        {**OWN_TAG, "autoscaling:InstanceTypes": cpu_types}).allowed
+        for ceiling in ({"autoscaling:MaxSize": "1000"}, {"autoscaling:MinSize": "50"},
+                        {"autoscaling:VPCZoneIdentifiers": ["subnet-0badc0de"]},
+                        {"autoscaling:LaunchConfigurationName": "mine"},
+                        {"autoscaling:InstanceTypes": [*cpu_types, "u7in-32tb.224xlarge"]}):
+            verdict = evaluate(statements, "autoscaling:UpdateAutoScalingGroup", group, {**OWN_TAG, **ceiling})
+            assert not verdict.allowed, f"{pool} {ceiling}: {verdict.why}"
+    other = _group_arn(default_app, statements, "cpu").replace(f"crossfleet-dev-{REGION}-cpu", "someone-elses")
+    assert not evaluate(statements, "autoscaling:SetDesiredCapacity", other, OWN_TAG).allowed
+
+
+def test_rebalancer_launches_only_configured_types_into_its_own_vpc(default_app: SynthesizedApp):
+    template = default_app.template_json(REGION)
+    statements = role_statements(template, _roles(default_app)["rebalancer"])
+    launch = {"ec2:IsLaunchTemplateResource": "true",
+              "ec2:LaunchTemplate": next(render(a) for s in statements if "Condition" in s
+                                         for a in as_list(s["Condition"].get("ArnLike", {}).get(
+                                             "ec2:LaunchTemplate", [])))}
+    configured = default_app.config.regions[0].graviton_fleet.all_instance_types[0]
+    instance = "arn:<AWS::Partition>:ec2:us-east-1:123456789012:instance/*"
+    assert evaluate(statements, "ec2:RunInstances", instance, {**launch, "ec2:InstanceType": configured}).allowed
+    assert not evaluate(statements, "ec2:RunInstances", instance,
+                        {**launch, "ec2:InstanceType": "u7in-32tb.224xlarge"}).allowed
+    assert not evaluate(statements, "ec2:RunInstances", instance, {"ec2:InstanceType": configured}).allowed, \
+        "only through this stack's launch templates"
+    subnet = "arn:<AWS::Partition>:ec2:us-east-1:123456789012:subnet/subnet-0badc0de"
+    elsewhere = {**launch, "ec2:Vpc": "arn:aws:ec2:us-east-1:123456789012:vpc/vpc-other"}
+    assert not evaluate(statements, "ec2:RunInstances", subnet, elsewhere).allowed
+
+
+def test_capacity_events_can_never_size_or_launch(default_app: SynthesizedApp):
+    template = default_app.template_json(REGION)
+    statements = role_statements(template, _roles(default_app)["capacity-events"])
+    group = (f"arn:aws:autoscaling:{REGION}:123456789012:autoScalingGroup:u:"
+             f"autoScalingGroupName/crossfleet-dev-{REGION}-gpu")
+    for action in ("autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup",
+                   "autoscaling:TerminateInstanceInAutoScalingGroup", "ec2:RunInstances", "iam:PassRole"):
+        assert not evaluate(statements, action, group, OWN_TAG).allowed, action
+    assert any(s["Effect"] == "Deny" and "autoscaling:SetDesiredCapacity" in as_list(s["Action"])
+               and s["Resource"] == "*" for s in statements), "an explicit ceiling, not just an absent grant"
+
+
+def test_capacity_block_drain_is_its_only_group_action(capacity_block_app: SynthesizedApp):
+    stack = capacity_block_app.stacks["us-west-2"]
+    template = capacity_block_app.template_json("us-west-2")
+    statements = role_statements(template, _logical_id_of(stack, stack.capacity_events.function.role))
+    patterns = [render(r) for s in statements if s["Effect"] == "Allow" for r in as_list(s["Resource"])
+                if "autoScalingGroupName" in render(r)]
+    assert patterns and all(p.endswith("autoScalingGroupName/crossfleet-dev-us-west-2-gpu") for p in patterns)
+    group = patterns[0].replace("autoScalingGroup:*:", "autoScalingGroup:u:")
+    assert evaluate(statements, "autoscaling:TerminateInstanceInAutoScalingGroup", group, OWN_TAG).allowed
+    assert not evaluate(statements, "autoscaling:SetDesiredCapacity", group, OWN_TAG).allowed
+
+
+@pytest.fixture(scope="module")
+def capacity_block_app() -> SynthesizedApp:
+    return synthesize({"regions": ["us-west-2"], "accelerator_cluster": {
+        "instance_types": ["p5.48xlarge"], "fallback_instance_types": [], "efa": True,
+        "capacity_block_id": "cr-0123456789abcdef0", "availability_zone": "us-west-2a"}}, nag=False)

@@ -238,9 +238,11 @@ def test_rebalancer_may_size_only_this_deployments_groups_and_never_retag_them(
     for pool in ("cpu", "gpu"):
         assert f"autoScalingGroupName/crossfleet-dev-{region}-{pool}" in resources
     assert "autoScalingGroupName/*" not in resources, "never any group name"
-    deny = [s for s in statements if s["Effect"] == "Deny"]
+    deny = [s for s in statements if s["Effect"] == "Deny" and "autoscaling:DeleteTags" in _as_list(s["Action"])]
     assert deny and set(_as_list(deny[0]["Action"])) == {"autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"}
     wildcard_allows = [s for s in statements if s["Effect"] == "Allow" and s["Resource"] == "*"]
+    assert all(s["Effect"] == "Deny" for s in statements if "ec2:*:*:" in json.dumps(s["Resource"])), \
+        "account-wide EC2 patterns only in ceilings (tests/test_iam_scope.py)"
     launch_template_use = [s for s in wildcard_allows if "ec2:RunInstances" in _as_list(s["Action"])]
     assert all(set(_as_list(s["Action"])) <= {"autoscaling:DescribeAutoScalingGroups", "cloudwatch:GetMetricData",
                                               "autoscaling:DescribeScalingActivities"}

@@ -72,6 +72,16 @@ class CapacityEvents(Construct):
             actions=["ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups"],
             # Describe calls do not support resource-level permissions.
             resources=["*"]))
+        # Ceiling: this function records breakers; it never sizes, launches or reconfigures anything. Its one action
+        # on a group (draining a Capacity Block's group before the block ends) lowers desired capacity with each
+        # termination, which has no condition key; it is limited to that group by name and tag.
+        role.add_to_policy(iam.PolicyStatement(
+            sid="NeverScaleOrLaunch", effect=iam.Effect.DENY,
+            actions=["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup",
+                     "autoscaling:CreateAutoScalingGroup", "autoscaling:DeleteAutoScalingGroup",
+                     "autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags", "autoscaling:AttachInstances",
+                     "ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"],
+            resources=["*"]))
         if capacity_block_id:
             role.add_to_policy(iam.PolicyStatement(
                 sid="DrainOwnBlockGroupBeforeTheBlockEnds",
