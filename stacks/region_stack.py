@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Arn, ArnComponents, ArnFormat, CfnOutput, Environment, Stack, Tags
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
@@ -9,6 +11,7 @@ from constructs import Construct
 
 from crossfleet.config.model import AppConfig, RegionConfig
 from crossfleet.config.offerings import offerings
+from crossfleet_control.core.jobs import PAYLOAD_PREFIX
 from crossfleet_control.core.service_model import profile_for
 from stacks.constructs.accelerator_cluster import AcceleratorCluster
 from stacks.constructs.capacity_events import CapacityEvents
@@ -25,6 +28,13 @@ from stacks.constructs.work_queues import WorkQueues
 from stacks.constructs.worker_install import worker_asset, worker_user_data
 
 POOLS = ("cpu", "gpu")
+# The unprivileged user command jobs run as on instances (worker/install.sh creates it, without IMDS access).
+JOB_USER = "crossfleet-job"
+
+
+def _isolated(runner: dict[str, Any]) -> dict[str, Any]:
+    """On instances a command job runs as JOB_USER; the http runner runs no job code on the host."""
+    return {**runner, "run_as": JOB_USER} if runner.get("kind") == "command" else runner
 
 
 def pool_queue_name(deployment: str, region: str, pool: str) -> str:
@@ -70,7 +80,7 @@ class RegionStack(Stack):
             "visibility_seconds": config.queues.visibility_timeout_seconds,
             "heartbeat_seconds": worker.heartbeat_seconds, "max_attempts": worker.max_attempts,
             "drain_seconds": drain[pool],
-            "runner": worker.cpu_runner if pool == "cpu" else worker.gpu_runner,
+            "runner": _isolated(worker.cpu_runner if pool == "cpu" else worker.gpu_runner),
         }) for pool in POOLS}
         servers = {"cpu": realtime.cpu_server, "gpu": realtime.gpu_server}
         if realtime.enabled:
@@ -127,7 +137,7 @@ class RegionStack(Stack):
         self.router = IntakeRouter(self, "IntakeRouter", deployment=deployment, region=name, queues=self.queues,
                                    state=self.state, regions=tuple(r.region for r in config.regions),
                                    pool_instance_types={p: g.instance_types for p, g in pool_groups.items()},
-                                   peers=peers)
+                                   results_bucket_name=self.results.bucket.bucket_name, peers=peers)
 
         self.operator_policy = OperatorPolicy(
             self, "OperatorPolicy", deployment=deployment, region=name, state=self.state, queues=self.queues,
@@ -139,12 +149,14 @@ class RegionStack(Stack):
             self.queues.pools[pool].dead_letter_queue.grant_send_messages(role)
             # The ledger only: workers read and write job# partitions; never an override, breaker, lease or decision.
             self.state.grant_keys(role, "JobLedgerOnly", read=["job#*"], write=["job#*"])
+            # The agent writes results and reads payload references; it never reads results/ (another job's output
+            # must not come back as a payload). Jobs themselves hold no credentials (worker/install.sh).
             role.add_to_policy(iam.PolicyStatement(
-                sid="WriteResultsReadPayloads", actions=["s3:PutObject", "s3:GetObject"],
+                sid="WriteResultsOnly", actions=["s3:PutObject"],
                 resources=[self.results.bucket.arn_for_objects("results/*")]))
             role.add_to_policy(iam.PolicyStatement(
                 sid="ReadPayloadReferences", actions=["s3:GetObject"],
-                resources=[self.results.bucket.arn_for_objects("payloads/*")]))
+                resources=[self.results.bucket.arn_for_objects(f"{PAYLOAD_PREFIX}*")]))
             role.add_to_policy(iam.PolicyStatement(
                 sid="ReadWorkerAgentAsset", actions=["s3:GetObject"],
                 resources=[f"arn:{self.partition}:s3:::{self.worker_asset.s3_bucket_name}/"

@@ -21,12 +21,12 @@ class IntakeRouter(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, deployment: str, region: str, queues: WorkQueues,
                  state: StateTable, regions: tuple[str, ...], pool_instance_types: dict[str, tuple[str, ...]],
-                 peers: tuple[PeerNames, ...] = ()) -> None:
+                 results_bucket_name: str, peers: tuple[PeerNames, ...] = ()) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
         settings = {"deployment": deployment, "region": region, "table_name": state.table.table_name,
                     "queue_urls": {pool: q.queue.queue_url for pool, q in queues.pools.items()},
-                    "rejects_url": queues.rejects.queue_url,
+                    "rejects_url": queues.rejects.queue_url, "results_bucket": results_bucket_name,
                     "pool_instance_types": {pool: list(types) for pool, types in pool_instance_types.items()},
                     "peer_gpu_queue_urls": {
                         peer.region: f"https://sqs.{peer.region}.amazonaws.com/{stack.account}/{peer.gpu_queue_name}"

@@ -23,6 +23,9 @@ class ResultsBucket(Construct):
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL, removal_policy=removal,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
             lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90))])
+        # Versioned: a result overwritten by a compromised worker keeps its earlier version (for a week).
         self.bucket = s3.Bucket(self, "Bucket", **common, server_access_logs_bucket=self.access_logs,
-                                server_access_logs_prefix="results/",
-                                lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(expire_days))])
+                                server_access_logs_prefix="results/", versioned=True,
+                                lifecycle_rules=[s3.LifecycleRule(
+                                    expiration=Duration.days(expire_days),
+                                    noncurrent_version_expiration=Duration.days(7))])
