@@ -11,16 +11,10 @@ from cdk_nag import NagPackSuppression, NagSuppressions, RegexAppliesTo
 
 from stacks.constructs.network import INTERFACE_ENDPOINTS
 
-SSM_CORE = "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"
-
 
 def acknowledge_findings(stack: Stack) -> None:
     base = f"/{stack.node.path}"
     for fleet in ("GravitonFleet", "AcceleratorCluster"):
-        _ack(stack, f"{base}/{fleet}/InstanceRole/Resource", "AwsSolutions-IAM4",
-             "AmazonSSMManagedInstanceCore is the AWS-maintained minimum for Session Manager, the only way onto "
-             "fleet instances (no SSH keys, no inbound rules); copying it inline would freeze it.",
-             applies_to=[SSM_CORE])
         _ack(stack, f"{base}/{fleet}/Group/ASG", "AwsSolutions-AS3",
              "Scaling activity reaches operators through EventBridge Auto Scaling events and the rebalancer, "
              "which reads the group every cycle; SNS notifications would be a second, unread channel.")
@@ -49,8 +43,10 @@ def acknowledge_findings(stack: Stack) -> None:
              applies_to=[RegexAppliesTo(regex="/^Resource::<ResultsBucket[0-9A-F]+\\.Arn>\\/(results|payloads)"
                                               "\\/\\*$/g")])
         _ack(stack, f"{base}/{fleet}/InstanceRole/DefaultPolicy/Resource", "AwsSolutions-IAM5",
-             "cloudwatch:PutMetricData has no resource-level permissions; the statement is limited to the "
-             "crossfleet metric namespace by the cloudwatch:namespace condition.", applies_to=["Resource::*"])
+             "cloudwatch:PutMetricData has no resource-level permissions (limited to the crossfleet namespace by "
+             "cloudwatch:namespace), nor do the five Session Manager actions (ssm:UpdateInstanceInformation, "
+             "ssmmessages:Create/Open Control/Data Channel); the other '*' statement is a Deny on parameters.",
+             applies_to=["Resource::*"])
     _ack(stack, f"{base}/WorkQueues/Rejects/Resource", "AwsSolutions-SQS3",
          "The rejects queue is itself a terminal store, like a DLQ: invalid submissions wait there with their "
          "reason for a person; nothing consumes it automatically, so nothing could fail over to a DLQ.")

@@ -209,3 +209,36 @@ def capacity_block_app() -> SynthesizedApp:
     return synthesize({"regions": ["us-west-2"], "accelerator_cluster": {
         "instance_types": ["p5.48xlarge"], "fallback_instance_types": [], "efa": True,
         "capacity_block_id": "cr-0123456789abcdef0", "availability_zone": "us-west-2a"}}, nag=False)
+
+
+@pytest.mark.parametrize("role", ["worker-cpu", "worker-gpu"])
+def test_instances_get_session_manager_only_never_the_accounts_parameters(default_app: SynthesizedApp, role: str):
+    template = default_app.template_json(REGION)
+    role_id = _roles(default_app)[role]
+    assert "ManagedPolicyArns" not in template["Resources"][role_id]["Properties"], \
+        "no AmazonSSMManagedInstanceCore (it reads every SSM parameter of the account)"
+    statements = role_statements(template, role_id)
+    parameter = f"arn:aws:ssm:{REGION}:123456789012:parameter/prod/db-password"
+    for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:SendCommand"):
+        assert not evaluate(statements, action, parameter).allowed, action
+    assert not evaluate(statements, "secretsmanager:GetSecretValue", "arn:aws:secretsmanager:x:1:secret:s").allowed
+    for action in ("ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
+                   "ssmmessages:OpenDataChannel"):
+        assert evaluate(statements, action, "*").allowed, f"Session Manager needs {action}"
+    session = [s for s in statements if s.get("Sid") == "SessionManagerOnly"]
+    assert len(session) == 1 and len(as_list(session[0]["Action"])) == 5
+
+
+def test_small_hardening_items(default_app: SynthesizedApp):
+    template = default_app.template_json(REGION)
+    resources = template["Resources"]
+    (table,) = [r for r in resources.values() if r["Type"] == "AWS::DynamoDB::Table"]
+    assert table["Properties"]["DeletionProtectionEnabled"] is True, "retained by default, so protected"
+    logs = next(r for k, r in resources.items() if k.startswith("ResultsAccessLogs") and r["Type"] == "AWS::S3::Bucket")
+    assert "AccessControl" not in logs["Properties"], "no legacy ACL"
+    assert logs["Properties"]["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    keys = [r for r in resources.values() if r["Type"] == "AWS::KMS::Key"]
+    cloudwatch = [s for k in keys for s in k["Properties"]["KeyPolicy"]["Statement"]
+                  if "cloudwatch.amazonaws.com" in str(s.get("Principal"))]
+    assert cloudwatch and all("aws:SourceAccount" in s.get("Condition", {}).get("StringEquals", {})
+                              for s in cloudwatch), "CloudWatch acting for this account only"

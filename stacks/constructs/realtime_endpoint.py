@@ -62,6 +62,8 @@ class RealtimeEndpoint(Construct):
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self, "LoadBalancer", vpc=vpc, vpc_subnets=subnets, internet_facing=False,
             security_group=security_group, drop_invalid_header_fields=True,
+            # Like the stateful resources: protected unless the config says this deployment is disposable.
+            deletion_protection=retain_on_delete,
             # Long generations stream for minutes; the default 60 s idle timeout would cut them.
             idle_timeout=Duration.seconds(STREAM_SECONDS))
         self.load_balancer.log_access_logs(self.access_logs, prefix="alb")

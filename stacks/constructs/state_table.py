@@ -53,8 +53,10 @@ class StateTable(Construct):
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True),
             time_to_live_attribute=TTL_ATTRIBUTE,
-            # Job history is the audit trail: keep it when the stack goes, unless config says otherwise.
+            # Job history is the audit trail: keep it when the stack goes, unless config says otherwise; a retained
+            # table is also protected from a stray DeleteTable (a disposable one must stay deletable with the stack).
             removal_policy=RemovalPolicy.RETAIN if config.retain_on_delete else RemovalPolicy.DESTROY,
+            deletion_protection=config.retain_on_delete,
         )
 
     def key_statements(self, sid: str, *, read: Sequence[str] = (), write: Sequence[str] = (),
