@@ -9,7 +9,6 @@ from crossfleet.config.model import AppConfig
 from stacks.nag_acknowledgements import acknowledge_findings
 from stacks.region_stack import RegionStack
 
-
 # Feature flags this app depends on, set here so that app.py, the tests and the local emulator build the same
 # templates whatever cdk.json holds.
 FEATURE_FLAGS = {
