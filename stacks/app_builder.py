@@ -6,6 +6,7 @@ from aws_cdk import App, Aspects
 from cdk_nag import AwsSolutionsChecks
 
 from crossfleet.config.model import AppConfig
+from stacks.checkov_acknowledgements import acknowledge_checkov_findings
 from stacks.nag_acknowledgements import acknowledge_findings
 from stacks.region_stack import RegionStack
 
@@ -24,6 +25,7 @@ def build_app(app: App, config: AppConfig, *, nag: bool = True) -> list[RegionSt
     for region in config.regions:
         stack = RegionStack(app, config.stack_name(region.region), config=config, region=region)
         acknowledge_findings(stack)
+        acknowledge_checkov_findings(stack)
         stacks.append(stack)
     if nag:
         Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
