@@ -3,6 +3,12 @@
 Partitions (crossfleet_control.aws): job#ID (ledger), rebalancer#REGION (lease, memory, operator overrides),
 decisions#REGION (decision log), capacity#REGION (breakers, GPU summary). A key the template does not bound shows
 up here as allowed, so each test fails on an unconditioned grant such as grant_read_write_data.
+
+Why not moto's IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT): tried with the worker's synthesized statements, moto
+5.2.5 authorizes DynamoDB calls against resource "*" (its DynamoDB responses name no resource), so a statement that
+names the table refuses even the legitimate ledger write, and it evaluates only a few condition keys, ignoring
+dynamodb:LeadingKeys. It could not tell a scoped policy from a broken one, so the policies are evaluated here
+(tests/iam_eval.py: IAM's Deny > Allow > implicit deny, ForAllValues over absent keys is true, Null checks).
 """
 
 from __future__ import annotations
@@ -242,3 +248,4 @@ def test_small_hardening_items(default_app: SynthesizedApp):
                   if "cloudwatch.amazonaws.com" in str(s.get("Principal"))]
     assert cloudwatch and all("aws:SourceAccount" in s.get("Condition", {}).get("StringEquals", {})
                               for s in cloudwatch), "CloudWatch acting for this account only"
+
