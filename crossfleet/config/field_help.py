@@ -5,6 +5,7 @@ from __future__ import annotations
 FIELD_HELP = {
     "name": "deployment name; prefixes stacks, group names and tags with the stage",
     "stage": "e.g. dev or prod: two stages share an account and region without colliding",
+    "production": "true for a production stage: model server images must be pinned by digest, models by revision",
     "account": "12-digit account id for the stacks' env; null deploys to the credentials' account",
     "regions": "where to deploy: a list of US regions or region objects, each once",
     "regions[].region": "a US region: us-east-1, us-east-2, us-west-1, us-west-2",
@@ -68,11 +69,13 @@ FIELD_HELP = {
     "realtime.cpu_server.kind": "Graviton model server: llama.cpp (its OpenAI-compatible server)",
     "realtime.cpu_server.image": "container image of the Graviton model server (pin a digest for production)",
     "realtime.cpu_server.model": "a .gguf path on the instance (under /models) or a Hugging Face GGUF repo",
+    "realtime.cpu_server.revision": "vllm only: llama.cpp cannot pin a revision (use a local .gguf path instead)",
     "realtime.cpu_server.port": "port the server listens on (the target group's port)",
     "realtime.cpu_server.health_path": "the server's health endpoint (the target group's health check)",
     "realtime.gpu_server.kind": "GPU model server: vllm (OpenAI-compatible)",
     "realtime.gpu_server.image": "container image of the GPU model server (pin a digest for production)",
     "realtime.gpu_server.model": "a model path on the instance or a Hugging Face model id",
+    "realtime.gpu_server.revision": "Hugging Face commit (40 hex) vLLM loads; required for an id in production",
     "realtime.gpu_server.port": "port the server listens on (the target group's port)",
     "realtime.gpu_server.health_path": "the server's health endpoint (the target group's health check)",
 }
