@@ -1,6 +1,6 @@
 #!/bin/bash
 # Installs the crossfleet worker from the unpacked asset in /opt/crossfleet (user data unpacks it first),
-# then starts it under systemd. Settings are in /etc/crossfleet/worker.json.
+# then starts it under systemd. Nothing is downloaded here. Settings are in /etc/crossfleet/worker.json.
 set -euo pipefail
 id crossfleet >/dev/null 2>&1 || useradd --system --home /opt/crossfleet --shell /sbin/nologin crossfleet
 # Command jobs run as crossfleet-job (runners.CommandRunner.run_as, through setpriv), which may not reach the
@@ -27,8 +27,8 @@ else
   echo "crossfleet: neither nft nor iptables on this AMI; refusing to run jobs without IMDS isolation" >&2
   exit 1
 fi
-python3 -m venv /opt/crossfleet/venv
-/opt/crossfleet/venv/bin/pip install --quiet --disable-pip-version-check "boto3>=1.34,<2"
+# No network installs: the asset carries the agent's dependencies in /opt/crossfleet/vendor (pinned, tested).
+test -d /opt/crossfleet/vendor/boto3
 install -m 0644 /opt/crossfleet/worker/crossfleet-worker.service /etc/systemd/system/crossfleet-worker.service
 chown -R crossfleet:crossfleet /opt/crossfleet
 chmod 0640 /etc/crossfleet/worker.json && chgrp crossfleet /etc/crossfleet/worker.json
