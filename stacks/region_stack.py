@@ -83,6 +83,14 @@ class RegionStack(Stack):
             "runner": _isolated(worker.cpu_runner if pool == "cpu" else worker.gpu_runner),
         }) for pool in POOLS}
         servers = {"cpu": realtime.cpu_server, "gpu": realtime.gpu_server}
+        network = config.network
+        if network.models_s3_uri:
+            # Model weights come from this deployment's S3 prefix through the gateway endpoint (no NAT needed);
+            # servers load them from /models (the container's view of /opt/crossfleet/models).
+            for pool in POOLS:
+                user_data[pool].add_commands(
+                    "install -d -m 0755 /opt/crossfleet/models",
+                    f"aws s3 sync {network.models_s3_uri} /opt/crossfleet/models --only-show-errors")
         if realtime.enabled:
             # Each instance runs its pool's model server: the endpoint's targets and the worker's http runner.
             for pool in POOLS:
@@ -161,6 +169,14 @@ class RegionStack(Stack):
                 sid="ReadWorkerAgentAsset", actions=["s3:GetObject"],
                 resources=[f"arn:{self.partition}:s3:::{self.worker_asset.s3_bucket_name}/"
                            f"{self.worker_asset.s3_object_key}"]))
+            if network.models_bucket:
+                role.add_to_policy(iam.PolicyStatement(
+                    sid="ReadModelWeights", actions=["s3:GetObject"],
+                    resources=[f"arn:{self.partition}:s3:::{network.models_bucket}/{network.models_prefix}*"]))
+                role.add_to_policy(iam.PolicyStatement(
+                    sid="ListModelWeights", actions=["s3:ListBucket"],
+                    resources=[f"arn:{self.partition}:s3:::{network.models_bucket}"],
+                    conditions={"StringLike": {"s3:prefix": [f"{network.models_prefix}*"]}}))
             role.add_to_policy(iam.PolicyStatement(
                 sid="PublishJobOutcomes", actions=["cloudwatch:PutMetricData"], resources=["*"],
                 conditions={"StringEquals": {"cloudwatch:namespace": "crossfleet"}}))
@@ -171,6 +187,25 @@ class RegionStack(Stack):
                     resource_name=f"*:autoScalingGroupName/{group_names[pool]}",
                     arn_format=ArnFormat.COLON_RESOURCE_NAME), self)],
                 conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
+
+        # What may pass through the VPC endpoints: this deployment's objects, table and queues, and read-only the
+        # worker asset, the model prefix and two AWS-owned buckets instances read from: the Amazon Linux 2023
+        # package repositories (dnf, e.g. docker for the model server) and ECR's image layers. Those two names
+        # follow AWS's published conventions (al2023-repos-REGION-*, prod-REGION-starport-layer-bucket); they are
+        # not checked against a live account here.
+        models = ([f"arn:{self.partition}:s3:::{network.models_bucket}/{network.models_prefix}*"]
+                  if network.models_bucket else [])
+        self.network.limit_endpoints(
+            s3_objects=[self.results.bucket.arn_for_objects("results/*"),
+                        self.results.bucket.arn_for_objects(f"{PAYLOAD_PREFIX}*")],
+            read_only_objects=[f"arn:{self.partition}:s3:::{self.worker_asset.s3_bucket_name}/"
+                               f"{self.worker_asset.s3_object_key}", *models,
+                               f"arn:{self.partition}:s3:::al2023-repos-{name}-*/*",
+                               f"arn:{self.partition}:s3:::prod-{name}-starport-layer-bucket/*"],
+            read_only_buckets=[f"arn:{self.partition}:s3:::{network.models_bucket}"] if network.models_bucket else [],
+            table_arn=self.state.table.table_arn,
+            queue_arns=[q.queue_arn for pool in POOLS
+                        for q in (self.queues.pools[pool].queue, self.queues.pools[pool].dead_letter_queue)])
 
         table = offerings()
         primary = {"cpu": region.graviton_fleet.instance_types[0], "gpu": region.accelerator_cluster.instance_types[0]}

@@ -259,3 +259,17 @@ def test_production_accepts_digests_and_revisions_and_passes_the_revision_to_vll
     # Not production, or the endpoint off: tags are still accepted (trying things out).
     assert not parse_config({"realtime": {"enabled": True, **CERTS}, "regions": ["us-east-1"]}).production
     parse_config({"production": True, "regions": ["us-east-1"]})
+
+
+def test_isolated_mode_needs_local_models_and_a_well_formed_models_prefix():
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"regions": ["us-east-1"], "network": {"nat_gateways": 0},
+                      "realtime": {"enabled": True, **CERTS, "cpu_server": {"model": "/models/coder.gguf"}}})
+    assert str(caught.value) == (
+        "crossfleet config: realtime.gpu_server.model = 'Qwen/Qwen2.5-Coder-7B-Instruct' is not allowed: a local path "
+        "under /models, because network.nat_gateways is 0 (no route to a model hub; see network.models_s3_uri)")
+    with pytest.raises(ConfigError, match=r"network.models_s3_uri = 'http://x/' is not allowed: an S3 prefix"):
+        parse_config({"network": {"models_s3_uri": "http://x/"}})
+    config = parse_config({"network": {"nat_gateways": 0, "models_s3_uri": "s3://acme-models/crossfleet/"}})
+    assert config.network.isolated and (config.network.models_bucket, config.network.models_prefix) == (
+        "acme-models", "crossfleet/")

@@ -249,3 +249,65 @@ def test_small_hardening_items(default_app: SynthesizedApp):
     assert cloudwatch and all("aws:SourceAccount" in s.get("Condition", {}).get("StringEquals", {})
                               for s in cloudwatch), "CloudWatch acting for this account only"
 
+
+
+def test_endpoint_policies_admit_only_this_deployments_resources(default_app: SynthesizedApp):
+    template = default_app.template_json(REGION)
+    endpoints = {render(r["Properties"]["ServiceName"]): r["Properties"].get("PolicyDocument")
+                 for r in template["Resources"].values() if r["Type"] == "AWS::EC2::VPCEndpoint"}
+
+    def policy(service: str) -> list[dict[str, Any]]:
+        (document,) = [d for name, d in endpoints.items() if name.endswith(f".{service}")]
+        assert document is not None, f"{service} endpoint has the default allow-all policy"
+        return as_list(document["Statement"])
+
+    stack = default_app.stacks[REGION]
+    bucket = f"<{_logical_id_of(stack, stack.results.bucket)}.Arn>"
+    s3 = policy("s3")
+    assert evaluate(s3, "s3:PutObject", f"{bucket}/results/job/attempt-1").allowed
+    assert evaluate(s3, "s3:GetObject", f"{bucket}/payloads/a.json").allowed
+    for action, resource in (("s3:PutObject", "arn:aws:s3:::attacker-bucket/loot"),
+                             ("s3:GetObject", "arn:aws:s3:::someone-elses-bucket/x"),
+                             ("s3:DeleteObject", f"{bucket}/results/job/attempt-1"),
+                             ("s3:PutObject", "arn:<AWS::Partition>:s3:::al2023-repos-us-east-1-abc/x")):
+        assert not evaluate(s3, action, resource).allowed, (action, resource)
+    dynamodb = policy("dynamodb")
+    assert evaluate(dynamodb, "dynamodb:PutItem", _table(default_app)).allowed
+    assert not evaluate(dynamodb, "dynamodb:PutItem", "arn:aws:dynamodb:us-east-1:123456789012:table/other").allowed
+    assert not evaluate(dynamodb, "dynamodb:Scan", _table(default_app)).allowed
+    sqs = policy("sqs")
+    assert all(s["Resource"] != "*" for s in sqs)
+    gpu_queue = f"<{_logical_id_of(stack, stack.queues.pools['gpu'].queue)}.Arn>"
+    assert evaluate(sqs, "sqs:ReceiveMessage", gpu_queue).allowed
+    assert not evaluate(sqs, "sqs:SendMessage", "arn:aws:sqs:us-east-1:999999999999:exfil").allowed
+
+
+def test_instances_send_only_https_and_isolated_mode_syncs_models_from_s3():
+    from tests.cdk_helpers import asg_for_pool, launch_template_of
+    from tests.test_worker_install import render as render_user_data
+
+    app = synthesize({"regions": ["us-east-2"], "network": {"nat_gateways": 0,
+                                                            "models_s3_uri": "s3://acme-models/crossfleet/"}},
+                     nag=False)
+    template = app.template_json("us-east-2")
+    resources = template["Resources"]
+    assert not [k for k, r in resources.items() if r["Type"] == "AWS::EC2::NatGateway"], "isolated: no NAT"
+    groups = [r for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroup"
+              and "pool instances" in r["Properties"]["GroupDescription"]]
+    assert len(groups) == 2
+    for group in groups:
+        assert group["Properties"]["SecurityGroupEgress"] == [{
+            "CidrIp": "0.0.0.0/0", "Description": "HTTPS to AWS APIs and endpoints", "FromPort": 443,
+            "IpProtocol": "tcp", "ToPort": 443}]
+    for pool in ("cpu", "gpu"):
+        script = render_user_data(launch_template_of(template, asg_for_pool(template, pool))[
+            "Properties"]["LaunchTemplateData"]["UserData"])
+        assert "aws s3 sync s3://acme-models/crossfleet/ /opt/crossfleet/models --only-show-errors" in script
+    stack = app.stacks["us-east-2"]
+    statements = role_statements(template, _logical_id_of(stack, stack.graviton_fleet.instances.role))
+    assert evaluate(statements, "s3:GetObject", "arn:<AWS::Partition>:s3:::acme-models/crossfleet/m.gguf").allowed
+    assert not evaluate(statements, "s3:GetObject", "arn:<AWS::Partition>:s3:::acme-models/secret/x").allowed
+    endpoint = next(r["Properties"]["PolicyDocument"] for r in resources.values()
+                    if r["Type"] == "AWS::EC2::VPCEndpoint" and render(r["Properties"]["ServiceName"]).endswith(".s3"))
+    assert evaluate(as_list(endpoint["Statement"]), "s3:GetObject",
+                    "arn:<AWS::Partition>:s3:::acme-models/crossfleet/m.gguf").allowed

@@ -119,6 +119,11 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
 
     production = p.boolean(top, "", "production", False)
     realtime = parse_realtime(top.get("realtime"), tuple(r.region for r in regions), account, production=production)
+    if realtime.enabled and network.isolated:
+        for key, server in (("cpu_server", realtime.cpu_server), ("gpu_server", realtime.gpu_server)):
+            if not server.model.startswith("/"):
+                raise ConfigError(f"realtime.{key}.model", server.model, "a local path under /models, because "
+                                  "network.nat_gateways is 0 (no route to a model hub; see network.models_s3_uri)")
     if realtime.enabled:
         for index, region in enumerate(regions):
             if region.accelerator_cluster.kind != "nvidia":

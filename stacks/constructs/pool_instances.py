@@ -39,8 +39,14 @@ def pool_instances(scope: Construct, *, vpc: ec2.IVpc, pool: str, machine_image:
         actions=["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory",
                  "secretsmanager:GetSecretValue", "ssm:SendCommand", "ssm:StartSession"],
         resources=["*"]))
-    security_group = ec2.SecurityGroup(scope, "InstanceSecurityGroup", vpc=vpc, allow_all_outbound=True,
+    # Outbound HTTPS only: every AWS API, registry and model hub the instance uses is TLS on 443. The VPC's DNS,
+    # the metadata service and Time Sync are not filtered by security groups (VPC User Guide, "Security group
+    # rules"). In isolated mode (no NAT) the route tables are the limit: the instance subnets route only to the
+    # VPC and the S3/DynamoDB gateway endpoints, whose prefix lists a security group cannot name without a
+    # deploy-time lookup, so the rule stays 0.0.0.0/0:443 there too. EFA adds its self-referencing rules.
+    security_group = ec2.SecurityGroup(scope, "InstanceSecurityGroup", vpc=vpc, allow_all_outbound=False,
                                        description=f"crossfleet {pool} pool instances (no inbound)")
+    security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS to AWS APIs and endpoints")
     launch_template = ec2.LaunchTemplate(
         scope, "LaunchTemplate",
         machine_image=machine_image,
