@@ -149,18 +149,23 @@ def test_rebalancer_may_set_desired_capacity_and_switch_market_but_never_resize_
     template = default_app.template_json(REGION)
     statements = role_statements(template, _roles(default_app)["rebalancer"])
     configured = default_app.config.regions[0]
-    cpu_types = list(configured.graviton_fleet.all_instance_types)
-    for pool in ("cpu", "gpu"):
+    types = {"cpu": list(configured.graviton_fleet.all_instance_types),
+             "gpu": list(configured.accelerator_cluster.all_instance_types)}
+    for pool, other in (("cpu", "gpu"), ("gpu", "cpu")):
+        own_types = types[pool]
         group = _group_arn(default_app, statements, pool)
+        assert not evaluate(statements, "autoscaling:UpdateAutoScalingGroup", group,
+                            {**OWN_TAG, "autoscaling:InstanceTypes": types[other][:1]}).allowed, \
+            f"the other pool's types never go into the {pool} group"
         assert evaluate(statements, "autoscaling:SetDesiredCapacity", group, OWN_TAG).allowed
         assert not evaluate(statements, "autoscaling:SetDesiredCapacity", group, {}).allowed, "tag required"
         # What the code sends: the group's own overrides with a new On-Demand share.
         assert evaluate(statements, "autoscaling:UpdateAutoScalingGroup", group,
-                        {**OWN_TAG, "autoscaling:InstanceTypes": cpu_types}).allowed
+                        {**OWN_TAG, "autoscaling:InstanceTypes": own_types}).allowed
         for ceiling in ({"autoscaling:MaxSize": "1000"}, {"autoscaling:MinSize": "50"},
                         {"autoscaling:VPCZoneIdentifiers": ["subnet-0badc0de"]},
                         {"autoscaling:LaunchConfigurationName": "mine"},
-                        {"autoscaling:InstanceTypes": [*cpu_types, "u7in-32tb.224xlarge"]}):
+                        {"autoscaling:InstanceTypes": [*own_types, "u7in-32tb.224xlarge"]}):
             verdict = evaluate(statements, "autoscaling:UpdateAutoScalingGroup", group, {**OWN_TAG, **ceiling})
             assert not verdict.allowed, f"{pool} {ceiling}: {verdict.why}"
     other = _group_arn(default_app, statements, "cpu").replace(f"crossfleet-dev-{REGION}-cpu", "someone-elses")

@@ -122,15 +122,17 @@ class Rebalancer(Construct):
             sid="SizeOnlyThisDeploymentsGroups", actions=["autoscaling:SetDesiredCapacity"],
             resources=group_arns, conditions=own_group))
         configured_types = sorted({t for g in groups.values() for t in g.instance_types})
-        role.add_to_policy(iam.PolicyStatement(
-            # UpdateAutoScalingGroup switches Spot <-> On-Demand (the On-Demand share of the mixed policy), re-sending
-            # the group's own overrides: any instance type in the request must be a configured one
-            # (autoscaling:InstanceTypes; Service Authorization Reference, "Actions, resources, and condition keys
-            # for Amazon EC2 Auto Scaling"). The InstancesDistribution fields (On-Demand base and share, Spot
-            # strategy) have no condition key and cannot be bounded in IAM; the code clamps them.
-            sid="SwitchMarketOnlyWithConfiguredTypes", actions=["autoscaling:UpdateAutoScalingGroup"],
-            resources=group_arns,
-            conditions={**own_group, "ForAllValues:StringEquals": {"autoscaling:InstanceTypes": configured_types}}))
+        for (pool, group), group_arn in zip(groups.items(), group_arns, strict=True):
+            role.add_to_policy(iam.PolicyStatement(
+                # UpdateAutoScalingGroup switches Spot <-> On-Demand (the On-Demand share of the mixed policy),
+                # re-sending the group's own overrides: every instance type in the request must be one configured
+                # for that group (autoscaling:InstanceTypes; Service Authorization Reference, "Actions, resources,
+                # and condition keys for Amazon EC2 Auto Scaling"). The InstancesDistribution fields (On-Demand base
+                # and share, Spot strategy) have no condition key and cannot be bounded in IAM; the code clamps them.
+                sid=f"SwitchMarketOnlyWithConfiguredTypes{pool.capitalize()}",
+                actions=["autoscaling:UpdateAutoScalingGroup"], resources=[group_arn],
+                conditions={**own_group,
+                            "ForAllValues:StringEquals": {"autoscaling:InstanceTypes": list(group.instance_types)}}))
         # Ceilings: an UpdateAutoScalingGroup that carries a size bound, subnets or a launch configuration is refused
         # whatever else allows it. Null "false" means "the request carries this key"; one statement per key because
         # the keys of one condition block must all match. The launch template itself is bounded by ec2:RunInstances
