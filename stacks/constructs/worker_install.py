@@ -7,6 +7,7 @@ nothing from the network at boot, so the code they run is exactly what was synth
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.util
 import shutil
@@ -32,6 +33,8 @@ BOTOCORE_SERVICES = ("sqs", "s3", "dynamodb", "autoscaling", "cloudwatch", "sts"
 def staged_worker_asset() -> Path:
     """Build the asset's directory once per process (a private temporary directory: parallel runs do not race)."""
     stage = Path(tempfile.mkdtemp(prefix="crossfleet-worker-asset-"))
+    # Synthesis copies the asset into the cloud assembly, so the staging folder is not needed after the process.
+    atexit.register(shutil.rmtree, stage, ignore_errors=True)
     shutil.copytree(ROOT / "worker", stage / "worker", ignore=IGNORED)
     shutil.copytree(ROOT / "lambda" / "crossfleet_control", stage / "lambda" / "crossfleet_control", ignore=IGNORED)
     vendor = stage / "vendor"
