@@ -11,16 +11,10 @@ from cdk_nag import NagPackSuppression, NagSuppressions, RegexAppliesTo
 
 from stacks.constructs.network import INTERFACE_ENDPOINTS
 
-SSM_CORE = "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"
-
 
 def acknowledge_findings(stack: Stack) -> None:
     base = f"/{stack.node.path}"
     for fleet in ("GravitonFleet", "AcceleratorCluster"):
-        _ack(stack, f"{base}/{fleet}/InstanceRole/Resource", "AwsSolutions-IAM4",
-             "AmazonSSMManagedInstanceCore is the AWS-maintained minimum for Session Manager, the only way onto "
-             "fleet instances (no SSH keys, no inbound rules); copying it inline would freeze it.",
-             applies_to=[SSM_CORE])
         _ack(stack, f"{base}/{fleet}/Group/ASG", "AwsSolutions-AS3",
              "Scaling activity reaches operators through EventBridge Auto Scaling events and the rebalancer, "
              "which reads the group every cycle; SNS notifications would be a second, unread channel.")
@@ -32,8 +26,6 @@ def acknowledge_findings(stack: Stack) -> None:
         _ack(stack, f"{base}/Network/Vpc/{endpoint}/SecurityGroup/Resource", "CdkNagValidationFailure",
              "AwsSolutions-EC23 cannot evaluate the VPC CIDR reference; the endpoint security group admits only "
              "TCP 443 from the VPC's own CIDR.", applies_to=["AwsSolutions-EC23"])
-
-
     for function in ("Rebalancer", "IntakeRouter", "CapacityEvents"):
         _ack(stack, f"{base}/{function}/Function/Resource", "AwsSolutions-L1",
              "The controllers are pinned to Python 3.13 on arm64, the runtime they are tested on; moving to a "
@@ -51,8 +43,10 @@ def acknowledge_findings(stack: Stack) -> None:
              applies_to=[RegexAppliesTo(regex="/^Resource::<ResultsBucket[0-9A-F]+\\.Arn>\\/(results|payloads)"
                                               "\\/\\*$/g")])
         _ack(stack, f"{base}/{fleet}/InstanceRole/DefaultPolicy/Resource", "AwsSolutions-IAM5",
-             "cloudwatch:PutMetricData has no resource-level permissions; the statement is limited to the "
-             "crossfleet metric namespace by the cloudwatch:namespace condition.", applies_to=["Resource::*"])
+             "cloudwatch:PutMetricData has no resource-level permissions (limited to the crossfleet namespace by "
+             "cloudwatch:namespace), nor do the five Session Manager actions (ssm:UpdateInstanceInformation, "
+             "ssmmessages:Create/Open Control/Data Channel); the other '*' statement is a Deny on parameters.",
+             applies_to=["Resource::*"])
     _ack(stack, f"{base}/WorkQueues/Rejects/Resource", "AwsSolutions-SQS3",
          "The rejects queue is itself a terminal store, like a DLQ: invalid submissions wait there with their "
          "reason for a person; nothing consumes it automatically, so nothing could fail over to a DLQ.")
@@ -63,7 +57,8 @@ def acknowledge_findings(stack: Stack) -> None:
          "This bucket receives the results bucket's server access logs; logging the log bucket would recurse.")
     _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
          "DescribeAutoScalingGroups, DescribeScalingActivities and cloudwatch:GetMetricData (queue ages) support "
-         "no resource-level permissions; the only other '*' statement is the Deny on retagging groups.",
+         "no resource-level permissions; the other '*' statements are Denies (no retagging, no size, subnet or "
+         "type changes).",
          applies_to=["Resource::*"])
     _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
          "Switching a mixed-instances group between Spot and On-Demand re-submits its launch template, which "
@@ -78,6 +73,11 @@ def acknowledge_findings(stack: Stack) -> None:
          "exactly, wildcards the UUID and requires the crossfleet:deployment tag.",
          applies_to=[RegexAppliesTo(regex="/^Resource::arn:<AWS::Partition>:autoscaling:[a-z0-9-]+:"
                                           ".+:autoScalingGroup:\\*:autoScalingGroupName\\/.+$/g")])
+    _ack(stack, f"{base}/OperatorPolicy/Policy/Resource", "AwsSolutions-IAM5",
+         "The operators' read-only observation (DescribeAutoScalingGroups, DescribeScalingActivities, "
+         "cloudwatch:GetMetricData, elasticloadbalancing:DescribeRules) supports no resource-level permissions; "
+         "every write in this policy names the state table and is bounded by dynamodb:LeadingKeys.",
+         applies_to=["Resource::*"])
 
 
 def _ack(stack: Stack, path: str, rule: str, reason: str, *,

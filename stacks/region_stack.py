@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Arn, ArnComponents, ArnFormat, CfnOutput, Environment, Stack, Tags
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
@@ -9,6 +11,7 @@ from constructs import Construct
 
 from crossfleet.config.model import AppConfig, RegionConfig
 from crossfleet.config.offerings import offerings
+from crossfleet_control.core.jobs import PAYLOAD_PREFIX
 from crossfleet_control.core.service_model import profile_for
 from stacks.constructs.accelerator_cluster import AcceleratorCluster
 from stacks.constructs.capacity_events import CapacityEvents
@@ -16,14 +19,22 @@ from stacks.constructs.graviton_fleet import GravitonFleet
 from stacks.constructs.intake_router import IntakeRouter
 from stacks.constructs.monitoring import Monitoring, PoolView, global_widgets
 from stacks.constructs.network import Network
+from stacks.constructs.operator_policy import OperatorPolicy
 from stacks.constructs.realtime_endpoint import STREAM_SECONDS, RealtimeEndpoint, model_server_commands
 from stacks.constructs.rebalancer import DEPLOYMENT_TAG, PeerNames, PoolGroup, Rebalancer
 from stacks.constructs.results_bucket import ResultsBucket
-from stacks.constructs.state_table import StateTable
+from stacks.constructs.state_table import StateTable, leading_keys_condition, partition_prefixes
 from stacks.constructs.work_queues import WorkQueues
 from stacks.constructs.worker_install import worker_asset, worker_user_data
 
 POOLS = ("cpu", "gpu")
+# The unprivileged user command jobs run as on instances (worker/install.sh creates it, without IMDS access).
+JOB_USER = "crossfleet-job"
+
+
+def _isolated(runner: dict[str, Any]) -> dict[str, Any]:
+    """On instances a command job runs as JOB_USER; the http runner runs no job code on the host."""
+    return {**runner, "run_as": JOB_USER} if runner.get("kind") == "command" else runner
 
 
 def pool_queue_name(deployment: str, region: str, pool: str) -> str:
@@ -69,11 +80,19 @@ class RegionStack(Stack):
             "visibility_seconds": config.queues.visibility_timeout_seconds,
             "heartbeat_seconds": worker.heartbeat_seconds, "max_attempts": worker.max_attempts,
             "drain_seconds": drain[pool],
-            "runner": worker.cpu_runner if pool == "cpu" else worker.gpu_runner,
+            "runner": _isolated(worker.cpu_runner if pool == "cpu" else worker.gpu_runner),
             "peer_tables": {r.region: state_table_name(deployment, r.region) for r in config.regions
                             if r.region != name},
         }) for pool in POOLS}
         servers = {"cpu": realtime.cpu_server, "gpu": realtime.gpu_server}
+        network = config.network
+        if network.models_s3_uri:
+            # Model weights come from this deployment's S3 prefix through the gateway endpoint (no NAT needed);
+            # servers load them from /models (the container's view of /opt/crossfleet/models).
+            for pool in POOLS:
+                user_data[pool].add_commands(
+                    "install -d -m 0755 /opt/crossfleet/models",
+                    f"aws s3 sync {network.models_s3_uri} /opt/crossfleet/models --only-show-errors")
         if realtime.enabled:
             # Each instance runs its pool's model server: the endpoint's targets and the worker's http runner.
             for pool in POOLS:
@@ -119,7 +138,8 @@ class RegionStack(Stack):
             self, "Rebalancer", config=config.rebalancer, deployment=deployment, region=name,
             queues=self.queues, state=self.state, groups=pool_groups, peers=peers,
             max_receive_count=config.queues.max_receive_count,
-            endpoint=self.endpoint)
+            endpoint=self.endpoint, vpc_arn=Arn.format(ArnComponents(
+                service="ec2", resource="vpc", resource_name=self.network.vpc.vpc_id), self))
         self.capacity_events = CapacityEvents(
             self, "CapacityEvents", deployment=deployment, region=name, state=self.state, groups=group_names,
             capacity_block_id=accelerators.capacity_block_id,
@@ -127,30 +147,47 @@ class RegionStack(Stack):
         self.router = IntakeRouter(self, "IntakeRouter", deployment=deployment, region=name, queues=self.queues,
                                    state=self.state, regions=tuple(r.region for r in config.regions),
                                    pool_instance_types={p: g.instance_types for p, g in pool_groups.items()},
-                                   peers=peers)
+                                   results_bucket_name=self.results.bucket.bucket_name, peers=peers)
+
+        self.operator_policy = OperatorPolicy(
+            self, "OperatorPolicy", deployment=deployment, region=name, state=self.state, queues=self.queues,
+            rebalancer=self.rebalancer.function, peers=peers)
 
         for pool, fleet in (("cpu", self.graviton_fleet), ("gpu", self.accelerator_cluster)):
             role = fleet.instances.role
             self.queues.pools[pool].queue.grant_consume_messages(role)
             self.queues.pools[pool].dead_letter_queue.grant_send_messages(role)
-            self.state.table.grant_read_write_data(role)
+            # The ledger only: workers read and write job# partitions; never an override, breaker, lease or decision.
+            self.state.grant_keys(role, "JobLedgerOnly", read=["job#*"], write=["job#*"])
+            # The agent writes results and reads payload references; it never reads results/ (another job's output
+            # must not come back as a payload). Jobs themselves hold no credentials (worker/install.sh).
             role.add_to_policy(iam.PolicyStatement(
-                sid="WriteResultsReadPayloads", actions=["s3:PutObject", "s3:GetObject"],
+                sid="WriteResultsOnly", actions=["s3:PutObject"],
                 resources=[self.results.bucket.arn_for_objects("results/*")]))
             role.add_to_policy(iam.PolicyStatement(
                 sid="ReadPayloadReferences", actions=["s3:GetObject"],
-                resources=[self.results.bucket.arn_for_objects("payloads/*")]))
+                resources=[self.results.bucket.arn_for_objects(f"{PAYLOAD_PREFIX}*")]))
             role.add_to_policy(iam.PolicyStatement(
                 sid="ReadWorkerAgentAsset", actions=["s3:GetObject"],
                 resources=[f"arn:{self.partition}:s3:::{self.worker_asset.s3_bucket_name}/"
                            f"{self.worker_asset.s3_object_key}"]))
             if peers:
-                # A job that failed over or moved here keeps its identity in its origin region's ledger.
+                # A job that failed over or moved here keeps its identity in its origin region's ledger: its job#
+                # items only, like this region's own ledger (the same LeadingKeys discipline).
                 role.add_to_policy(iam.PolicyStatement(
                     sid="ClaimJobsInOriginLedgers",
                     actions=["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem"],
                     resources=[Arn.format(ArnComponents(service="dynamodb", region=peer.region, resource="table",
-                                                        resource_name=peer.table_name), self) for peer in peers]))
+                                                        resource_name=peer.table_name), self) for peer in peers],
+                    conditions=leading_keys_condition([partition_prefixes(name)["jobs"]])))
+            if network.models_bucket:
+                role.add_to_policy(iam.PolicyStatement(
+                    sid="ReadModelWeights", actions=["s3:GetObject"],
+                    resources=[f"arn:{self.partition}:s3:::{network.models_bucket}/{network.models_prefix}*"]))
+                role.add_to_policy(iam.PolicyStatement(
+                    sid="ListModelWeights", actions=["s3:ListBucket"],
+                    resources=[f"arn:{self.partition}:s3:::{network.models_bucket}"],
+                    conditions={"StringLike": {"s3:prefix": [f"{network.models_prefix}*"]}}))
             role.add_to_policy(iam.PolicyStatement(
                 sid="PublishJobOutcomes", actions=["cloudwatch:PutMetricData"], resources=["*"],
                 conditions={"StringEquals": {"cloudwatch:namespace": "crossfleet"}}))
@@ -169,6 +206,25 @@ class RegionStack(Stack):
                 actions=["autoscaling:SetInstanceProtection", "autoscaling:RecordLifecycleActionHeartbeat"],
                 resources=[own_group],
                 conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
+
+        # What may pass through the VPC endpoints: this deployment's objects, table and queues, and read-only the
+        # worker asset, the model prefix and two AWS-owned buckets instances read from: the Amazon Linux 2023
+        # package repositories (dnf, e.g. docker for the model server) and ECR's image layers. Those two names
+        # follow AWS's published conventions (al2023-repos-REGION-*, prod-REGION-starport-layer-bucket); they are
+        # not checked against a live account here.
+        models = ([f"arn:{self.partition}:s3:::{network.models_bucket}/{network.models_prefix}*"]
+                  if network.models_bucket else [])
+        self.network.limit_endpoints(
+            s3_objects=[self.results.bucket.arn_for_objects("results/*"),
+                        self.results.bucket.arn_for_objects(f"{PAYLOAD_PREFIX}*")],
+            read_only_objects=[f"arn:{self.partition}:s3:::{self.worker_asset.s3_bucket_name}/"
+                               f"{self.worker_asset.s3_object_key}", *models,
+                               f"arn:{self.partition}:s3:::al2023-repos-{name}-*/*",
+                               f"arn:{self.partition}:s3:::prod-{name}-starport-layer-bucket/*"],
+            read_only_buckets=[f"arn:{self.partition}:s3:::{network.models_bucket}"] if network.models_bucket else [],
+            table_arn=self.state.table.table_arn,
+            queue_arns=[q.queue_arn for pool in POOLS
+                        for q in (self.queues.pools[pool].queue, self.queues.pools[pool].dead_letter_queue)])
 
         table = offerings()
         primary = {"cpu": region.graviton_fleet.instance_types[0], "gpu": region.accelerator_cluster.instance_types[0]}
@@ -196,6 +252,7 @@ class RegionStack(Stack):
         CfnOutput(self, "ResultsBucketName", value=self.results.bucket.bucket_name)
         CfnOutput(self, "RebalancerFunctionName", value=self.rebalancer.function.function_name)
         CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
+        CfnOutput(self, "OperatorPolicyArn", value=self.operator_policy.policy.managed_policy_arn)
         for pool in POOLS:
             CfnOutput(self, f"{pool.capitalize()}QueueUrl", value=self.queues.pools[pool].queue.queue_url)
         if self.endpoint is not None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,7 +78,7 @@ BAD_INPUTS = [
     pytest.param({"regoins": ["us-east-1"]},
                  "crossfleet config: regoins = ['us-east-1'] is not allowed: unknown key; did you mean 'regions'? "
                  "known keys: name, stage, account, regions, network, graviton_fleet, accelerator_cluster, queues, "
-                 "state, rebalancer, worker, monitoring, realtime",
+                 "state, rebalancer, worker, monitoring, realtime, production",
                  id="unknown-top-level-key"),
     pytest.param({"regions": ["us-east-1", "us-east-2", "us-east-1"]},
                  "crossfleet config: regions[2] = 'us-east-1' is not allowed: each region once (it is listed twice)",
@@ -284,3 +285,54 @@ def test_a_directory_or_non_utf8_bytes_are_one_line(tmp_path: Path):
         with pytest.raises(ConfigError) as caught:
             load_from_context({"config": name}.get, tmp_path)
         assert str(caught.value).endswith(expected)
+
+
+PINNED_IMAGE = "vllm/vllm-openai@sha256:" + "a" * 64
+CERTS = {"certificate_arns": {"us-east-1": "arn:aws:acm:us-east-1:123456789012:certificate/"
+                                           "0f3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b"}}
+
+
+@pytest.mark.parametrize(("servers", "message"), [
+    ({}, "crossfleet config: realtime.cpu_server.image = 'ghcr.io/ggml-org/llama.cpp:server' is not allowed: an "
+         "image pinned by digest (name@sha256:...) because this config says production"),
+    ({"cpu_server": {"image": "llama@sha256:" + "b" * 64, "model": "/models/coder.gguf"},
+      "gpu_server": {"image": PINNED_IMAGE}},
+     "crossfleet config: realtime.gpu_server.model = 'Qwen/Qwen2.5-Coder-7B-Instruct' is not allowed: a local path "
+     "under /models, or a Hugging Face id with realtime.*_server.revision set (vllm only), because this config says "
+     "production"),
+    ({"cpu_server": {"image": "llama@sha256:" + "b" * 64, "model": "ggml-org/x", "revision": "c" * 40}},
+     "crossfleet config: realtime.cpu_server.revision = '" + "c" * 40 + "' is not allowed: only for a vllm server "
+     "loading a Hugging Face model id (llama.cpp: use a local path)"),
+])
+def test_production_refuses_floating_images_and_unpinned_models(servers: dict[str, Any], message: str):
+    raw = {"production": True, "regions": ["us-east-1"], "realtime": {"enabled": True, **CERTS, **servers}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert str(caught.value) == message
+    assert "\n" not in str(caught.value)
+
+
+def test_production_accepts_digests_and_revisions_and_passes_the_revision_to_vllm():
+    config = parse_config({"production": True, "regions": ["us-east-1"], "realtime": {
+        "enabled": True, **CERTS,
+        "cpu_server": {"image": "llama@sha256:" + "b" * 64, "model": "/models/coder.gguf"},
+        "gpu_server": {"image": PINNED_IMAGE, "revision": "d" * 40}}})
+    assert config.production
+    assert config.realtime.gpu_server.container_args()[2:4] == ("--revision", "d" * 40)
+    # Not production, or the endpoint off: tags are still accepted (trying things out).
+    assert not parse_config({"realtime": {"enabled": True, **CERTS}, "regions": ["us-east-1"]}).production
+    parse_config({"production": True, "regions": ["us-east-1"]})
+
+
+def test_isolated_mode_needs_local_models_and_a_well_formed_models_prefix():
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"regions": ["us-east-1"], "network": {"nat_gateways": 0},
+                      "realtime": {"enabled": True, **CERTS, "cpu_server": {"model": "/models/coder.gguf"}}})
+    assert str(caught.value) == (
+        "crossfleet config: realtime.gpu_server.model = 'Qwen/Qwen2.5-Coder-7B-Instruct' is not allowed: a local path "
+        "under /models, because network.nat_gateways is 0 (no route to a model hub; see network.models_s3_uri)")
+    with pytest.raises(ConfigError, match=r"network.models_s3_uri = 'http://x/' is not allowed: an S3 prefix"):
+        parse_config({"network": {"models_s3_uri": "http://x/"}})
+    config = parse_config({"network": {"nat_gateways": 0, "models_s3_uri": "s3://acme-models/crossfleet/"}})
+    assert config.network.isolated and (config.network.models_bucket, config.network.models_prefix) == (
+        "acme-models", "crossfleet/")

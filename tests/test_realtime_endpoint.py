@@ -47,6 +47,7 @@ def test_endpoint_is_internal_tls_only_and_logged(realtime_app: SynthesizedApp, 
     attributes = {a["Key"]: a["Value"] for a in props["LoadBalancerAttributes"]}
     assert attributes["access_logs.s3.enabled"] == "true" and attributes["access_logs.s3.bucket"]
     assert attributes["routing.http.drop_invalid_header_fields.enabled"] == "true"
+    assert attributes["deletion_protection.enabled"] == "true", "retained deployments protect the endpoint"
     subnets = {ref(s) for s in props["Subnets"]}
     private = {k for k, v in resources_of_type(template, "AWS::EC2::Subnet").items()
                if not v["Properties"].get("MapPublicIpOnLaunch", False) and "instances" in k.lower()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,6 +77,38 @@ def test_cfn_lint_reports_no_errors(matrix_app: SynthesizedApp):
         matches = lint(template, config=ManualArgs(regions=[region]))
         errors = [f"{m.rule.id} {m.message} ({m.path_string})" for m in matches if m.rule.id.startswith("E")]
         assert errors == [], region
+
+
+def _checkov(template: dict[str, Any], folder: Path) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(failed, skipped) as (logical id, check id), from checkov's CloudFormation runner, offline."""
+    from checkov.common.bridgecrew.platform_integration import bc_integration
+
+    bc_integration.bc_skip_mapping = True  # no guideline download from the vendor's API (it would hang offline)
+    from checkov.cloudformation.runner import Runner
+    from checkov.runner_filter import RunnerFilter
+
+    path = folder / "template.json"
+    path.write_text(json.dumps(template))
+    report = Runner().run(root_folder=None, files=[str(path)], runner_filter=RunnerFilter(framework=["cloudformation"]))
+    return ({(c.resource.split(".", 1)[1], c.check_id) for c in report.failed_checks},
+            {(c.resource.split(".", 1)[1], c.check_id) for c in report.skipped_checks})
+
+
+def test_checkov_fails_nothing_unacknowledged_and_no_acknowledgement_is_stale(matrix_app: SynthesizedApp,
+                                                                              tmp_path: Path):
+    """Every template of the matrix: each failed checkov check is acknowledged on its resource with a specific
+    reason (stacks/checkov_acknowledgements.py), and each acknowledgement names a check that really fails there."""
+    for region in matrix_app.stacks:
+        template = matrix_app.template_json(region)
+        acknowledged = {}
+        for logical_id, resource in template["Resources"].items():
+            for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+                reason = skip["comment"]
+                assert len(reason) >= 60 and not any(v in reason.lower() for v in VAGUE_REASONS), (logical_id, skip)
+                acknowledged[(logical_id, skip["id"])] = reason
+        failed, skipped = _checkov(template, tmp_path)
+        assert sorted(failed - set(acknowledged)) == [], f"{region}: unacknowledged checkov failures"
+        assert sorted(set(acknowledged) - failed - skipped) == [], f"{region}: acknowledgements that no longer fail"
 
 
 def test_matrix_variants_synthesize_what_they_ask_for():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +105,14 @@ def test_instances_may_protect_and_heartbeat_only_their_own_group(default_app: S
 
 def test_systemd_unit_and_installer():
     unit = (ROOT / "worker" / "crossfleet-worker.service").read_text()
-    assert "ExecStart=/opt/crossfleet/venv/bin/python -m crossfleet_worker /etc/crossfleet/worker.json" in unit
-    assert "Environment=PYTHONPATH=/opt/crossfleet/worker:/opt/crossfleet/lambda" in unit
+    assert "ExecStart=/usr/bin/python3 -m crossfleet_worker /etc/crossfleet/worker.json" in unit
+    assert "Environment=PYTHONPATH=/opt/crossfleet/worker:/opt/crossfleet/lambda:/opt/crossfleet/vendor" in unit
     assert "Restart=always" in unit and "User=crossfleet" in unit and "WantedBy=multi-user.target" in unit
     installer = ROOT / "worker" / "install.sh"
     assert subprocess.run(["bash", "-n", str(installer)]).returncode == 0
     assert "systemctl enable --now crossfleet-worker.service" in installer.read_text()
+    for network_install in ("pip install", "pip3 install", "dnf install", "yum install", "curl ", "wget "):
+        assert network_install not in installer.read_text(), "nothing is downloaded at boot"
 
 
 def test_worker_asset_holds_the_agent_and_the_shared_package_only(default_app: SynthesizedApp):
@@ -118,6 +121,31 @@ def test_worker_asset_holds_the_agent_and_the_shared_package_only(default_app: S
     staged = [d for d in out.glob("asset.*") if (d / "worker").is_dir()]
     assert len(staged) == 1
     top = sorted(p.name for p in staged[0].iterdir())
-    assert top == ["lambda", "worker"]
+    assert top == ["lambda", "vendor", "worker"]
     assert (staged[0] / "worker" / "crossfleet_worker" / "agent.py").exists()
     assert (staged[0] / "lambda" / "crossfleet_control" / "aws" / "ledger.py").exists()
+    # The agent's dependencies at the pinned versions, botocore with only the services the agent calls.
+    import boto3
+    import botocore
+
+    vendor = staged[0] / "vendor"
+    assert f"__version__ = '{boto3.__version__}'" in (vendor / "boto3" / "__init__.py").read_text()
+    assert f"__version__ = '{botocore.__version__}'" in (vendor / "botocore" / "__init__.py").read_text()
+    models = sorted(p.name for p in (vendor / "botocore" / "data").iterdir() if p.is_dir())
+    assert models == ["autoscaling", "cloudwatch", "dynamodb", "s3", "sqs", "sts"]
+    assert not list(staged[0].rglob("tests")) and not list(staged[0].rglob("__pycache__"))
+
+
+def test_the_vendored_agent_imports_and_builds_its_clients_with_nothing_else(tmp_path: Path):
+    """What the instance runs: python3 with only the asset on PYTHONPATH (-S: no site-packages at all)."""
+    from stacks.constructs.worker_install import staged_worker_asset
+
+    stage = staged_worker_asset()
+    path = ":".join(str(stage / d) for d in ("worker", "lambda", "vendor"))
+    code = ("import boto3, crossfleet_worker.agent, crossfleet_worker.runners; s = boto3.session.Session("
+            "region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y'); "
+            "[s.client(n) for n in ('sqs', 's3', 'dynamodb', 'autoscaling', 'cloudwatch')]; print(boto3.__file__)")
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": path, "AWS_EC2_METADATA_DISABLED": "true"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str(stage / "vendor")), "boto3 came from the asset, not the environment"

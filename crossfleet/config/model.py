@@ -76,6 +76,8 @@ class AppConfig:
     worker: WorkerConfig
     monitoring: MonitoringConfig
     realtime: RealtimeConfig
+    # A production stage: supply-chain pins are required (image digests, model revisions).
+    production: bool = False
 
     @property
     def prefix(self) -> str:
@@ -87,7 +89,7 @@ class AppConfig:
 
 
 _TOP_KEYS = ("name", "stage", "account", "regions", "network", "graviton_fleet", "accelerator_cluster",
-             "queues", "state", "rebalancer", "worker", "monitoring", "realtime")
+             "queues", "state", "rebalancer", "worker", "monitoring", "realtime", "production")
 _REGION_KEYS = ("region", "availability_zones", "graviton_fleet", "accelerator_cluster")
 
 
@@ -115,7 +117,13 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
             raise ConfigError(f"regions[{index}]", region.region, "each region once (it is listed twice)")
         regions.append(region)
 
-    realtime = parse_realtime(top.get("realtime"), tuple(r.region for r in regions), account)
+    production = p.boolean(top, "", "production", False)
+    realtime = parse_realtime(top.get("realtime"), tuple(r.region for r in regions), account, production=production)
+    if realtime.enabled and network.isolated:
+        for key, server in (("cpu_server", realtime.cpu_server), ("gpu_server", realtime.gpu_server)):
+            if not server.model.startswith("/"):
+                raise ConfigError(f"realtime.{key}.model", server.model, "a local path under /models, because "
+                                  "network.nat_gateways is 0 (no route to a model hub; see network.models_s3_uri)")
     if realtime.enabled:
         for index, region in enumerate(regions):
             if region.accelerator_cluster.kind != "nvidia":
@@ -127,7 +135,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> AppConfig:
         rebalancer=parse_rebalancer(top.get("rebalancer")),
         worker=parse_worker(top.get("worker")),
         monitoring=parse_monitoring(top.get("monitoring")),
-        realtime=realtime,
+        realtime=realtime, production=production,
     )
     _cross_check(config)
     return config

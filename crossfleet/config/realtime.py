@@ -20,12 +20,15 @@ class ModelServerConfig:
     model: str  # a local path baked into the AMI, or a Hugging Face id the server downloads
     port: int
     health_path: str
+    # The Hugging Face commit the server loads (vLLM --revision); None follows the repo's main branch.
+    revision: str | None = None
 
     def container_args(self) -> tuple[str, ...]:
         if self.kind == "llama.cpp":
             source = ("-m", self.model) if self.model.startswith("/") else ("-hf", self.model)
             return (*source, "--host", "0.0.0.0", "--port", str(self.port))
-        return ("--model", self.model, "--host", "0.0.0.0", "--port", str(self.port))
+        pinned = ("--revision", self.revision) if self.revision else ()
+        return ("--model", self.model, *pinned, "--host", "0.0.0.0", "--port", str(self.port))
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class RealtimeConfig:
 
 
 DEFAULT_SERVERS = {
-    # Pin an image digest for production; these tags are the projects' published server images.
+    # Tags of the projects' published server images, for trying things out: a production config must pin each
+    # image by digest and each model by revision or local path (checked by _server).
     "cpu": {"kind": "llama.cpp", "image": "ghcr.io/ggml-org/llama.cpp:server",
             "model": "ggml-org/Qwen2.5-Coder-1.5B-Q8_0-GGUF", "port": 8080, "health_path": "/health"},
     "gpu": {"kind": "vllm", "image": "vllm/vllm-openai:latest", "model": "Qwen/Qwen2.5-Coder-7B-Instruct",
@@ -52,9 +56,9 @@ SERVER_KINDS = {"cpu": ("llama.cpp",), "gpu": ("vllm",)}
 CERTIFICATE_ARN = re.compile(r"^arn:aws:acm:(us-[a-z]+-\d):(\d{12}):certificate/[0-9a-f-]{36}$")
 
 
-def _server(raw: Any, path: str, pool: str) -> ModelServerConfig:
+def _server(raw: Any, path: str, pool: str, *, production: bool = False) -> ModelServerConfig:
     default = DEFAULT_SERVERS[pool]
-    s = p.section(raw, path, tuple(default))
+    s = p.section(raw, path, (*default, "revision"))
     port = p.integer(s, path, "port", default["port"], minimum=1024, maximum=65535)
     health = s.get("health_path", default["health_path"])
     if not isinstance(health, str) or not re.fullmatch(r"/[A-Za-z0-9/_.-]*", health):
@@ -65,11 +69,26 @@ def _server(raw: Any, path: str, pool: str) -> ModelServerConfig:
     model = s.get("model", default["model"])
     if not isinstance(model, str) or not re.fullmatch(r"[A-Za-z0-9/._:-]+", model):
         raise ConfigError(p.join(path, "model"), model, "a model path on the instance or a Hugging Face model id")
-    return ModelServerConfig(kind=p.choice(s, path, "kind", default["kind"], SERVER_KINDS[pool]), image=image,
-                             model=model, port=port, health_path=health)
+    kind = p.choice(s, path, "kind", default["kind"], SERVER_KINDS[pool])
+    revision = s.get("revision")
+    if revision is not None and not (isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{40}", revision)):
+        raise ConfigError(p.join(path, "revision"), revision, "a 40-character Hugging Face commit hash")
+    if revision is not None and (kind != "vllm" or model.startswith("/")):
+        raise ConfigError(p.join(path, "revision"), revision,
+                          "only for a vllm server loading a Hugging Face model id (llama.cpp: use a local path)")
+    if production:
+        # A tag can be moved to other code; a digest cannot (same for a model's branch versus a commit).
+        if "@sha256:" not in image:
+            raise ConfigError(p.join(path, "image"), image,
+                              "an image pinned by digest (name@sha256:...) because this config says production")
+        if not model.startswith("/") and revision is None:
+            raise ConfigError(p.join(path, "model"), model, "a local path under /models, or a Hugging Face id with "
+                              "realtime.*_server.revision set (vllm only), because this config says production")
+    return ModelServerConfig(kind=kind, image=image, model=model, port=port, health_path=health, revision=revision)
 
 
-def parse_realtime(raw: Any, regions: tuple[str, ...], account: str | None) -> RealtimeConfig:
+def parse_realtime(raw: Any, regions: tuple[str, ...], account: str | None, *,
+                   production: bool = False) -> RealtimeConfig:
     path = "realtime"
     s = p.section(raw, path, ("enabled", "certificate_arns", "allowed_cidrs", "latency_slo_p99_ms",
                               "initial_gpu_weight", "max_weight_step", "cpu_server", "gpu_server"))
@@ -101,6 +120,7 @@ def parse_realtime(raw: Any, regions: tuple[str, ...], account: str | None) -> R
         latency_slo_p99_ms=p.integer(s, path, "latency_slo_p99_ms", 2000, minimum=50, maximum=600_000),
         initial_gpu_weight=p.integer(s, path, "initial_gpu_weight", 50, minimum=0, maximum=100),
         max_weight_step=p.integer(s, path, "max_weight_step", 20, minimum=1, maximum=100),
-        cpu_server=_server(s.get("cpu_server"), p.join(path, "cpu_server"), "cpu"),
-        gpu_server=_server(s.get("gpu_server"), p.join(path, "gpu_server"), "gpu"),
+        # Pins are required only where the servers run: with the endpoint enabled, in a production config.
+        cpu_server=_server(s.get("cpu_server"), p.join(path, "cpu_server"), "cpu", production=production and enabled),
+        gpu_server=_server(s.get("gpu_server"), p.join(path, "gpu_server"), "gpu", production=production and enabled),
     )

@@ -21,7 +21,7 @@ from crossfleet_control.core.capacity_signals import (
 )
 from stacks.constructs.controller_function import controller_function
 from stacks.constructs.rebalancer import DEPLOYMENT_TAG
-from stacks.constructs.state_table import StateTable
+from stacks.constructs.state_table import StateTable, partition_prefixes
 
 
 class CapacityEvents(Construct):
@@ -64,11 +64,23 @@ class CapacityEvents(Construct):
                                         description=f"crossfleet {deployment}: {name} -> capacity breakers")
                       for name, pattern in patterns.items()}
 
-        state.table.grant_read_write_data(role)
+        # Only this region's breakers and GPU summary (capacity#REGION).
+        capacity = partition_prefixes(region)["capacity"]
+        state.grant_keys(role, "OwnBreakersOnly", read=[capacity], write=[capacity])
         role.add_to_policy(iam.PolicyStatement(
             sid="DescribeInstancesAndGroups",
             actions=["ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups"],
             # Describe calls do not support resource-level permissions.
+            resources=["*"]))
+        # Ceiling: this function records breakers; it never sizes, launches or reconfigures anything. Its one action
+        # on a group (draining a Capacity Block's group before the block ends) lowers desired capacity with each
+        # termination, which has no condition key; it is limited to that group by name and tag.
+        role.add_to_policy(iam.PolicyStatement(
+            sid="NeverScaleOrLaunch", effect=iam.Effect.DENY,
+            actions=["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup",
+                     "autoscaling:CreateAutoScalingGroup", "autoscaling:DeleteAutoScalingGroup",
+                     "autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags", "autoscaling:AttachInstances",
+                     "ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"],
             resources=["*"]))
         if capacity_block_id:
             role.add_to_policy(iam.PolicyStatement(

@@ -11,7 +11,7 @@ from constructs import Construct
 
 from stacks.constructs.controller_function import controller_function
 from stacks.constructs.rebalancer import PeerNames
-from stacks.constructs.state_table import StateTable
+from stacks.constructs.state_table import StateTable, partition_prefixes
 from stacks.constructs.work_queues import WorkQueues
 
 
@@ -21,12 +21,12 @@ class IntakeRouter(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, deployment: str, region: str, queues: WorkQueues,
                  state: StateTable, regions: tuple[str, ...], pool_instance_types: dict[str, tuple[str, ...]],
-                 peers: tuple[PeerNames, ...] = ()) -> None:
+                 results_bucket_name: str, peers: tuple[PeerNames, ...] = ()) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
         settings = {"deployment": deployment, "region": region, "table_name": state.table.table_name,
                     "queue_urls": {pool: q.queue.queue_url for pool, q in queues.pools.items()},
-                    "rejects_url": queues.rejects.queue_url,
+                    "rejects_url": queues.rejects.queue_url, "results_bucket": results_bucket_name,
                     "pool_instance_types": {pool: list(types) for pool, types in pool_instance_types.items()},
                     "peer_gpu_queue_urls": {
                         peer.region: f"https://sqs.{peer.region}.amazonaws.com/{stack.account}/{peer.gpu_queue_name}"
@@ -42,7 +42,10 @@ class IntakeRouter(Construct):
         for pool_queue in queues.pools.values():
             pool_queue.queue.grant_send_messages(role)
         queues.rejects.grant_send_messages(role)
-        state.table.grant_read_write_data(role)
+        # Writes the ledger; reads the latest decision and this region's breakers to place jobs (routing_view).
+        keys = partition_prefixes(region)
+        state.grant_keys(role, "LedgerAndPlacementInputs", read=[keys["jobs"], keys["decisions"], keys["capacity"]],
+                         write=[keys["jobs"]])
         others = [r for r in regions if r != region]
         if others:
             # Jobs pinned to another configured region go to that region's intake queue, named by convention.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
 from aws_cdk import aws_iam as iam
@@ -48,7 +48,12 @@ class Monitoring(Construct):
         # CloudWatch cannot publish to a topic encrypted with the AWS-managed SNS key: a key of our own.
         key = kms.Key(self, "AlarmTopicKey", enable_key_rotation=True,
                       description=f"crossfleet {deployment} alarm topic in {region}")
-        key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
+        # Only CloudWatch acting for this account (confused-deputy guard: aws:SourceAccount, IAM User Guide "The
+        # confused deputy problem"; CloudWatch User Guide on alarm actions to encrypted SNS topics).
+        key.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchAlarmsOfThisAccountOnly", actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")], resources=["*"],
+            conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}}))
         self.topic = sns.Topic(self, "Alarms", master_key=key, enforce_ssl=True,
                                display_name=f"crossfleet {deployment} {region} alarms")
         for email in config.alarm_emails:

@@ -21,13 +21,32 @@ def pool_instances(scope: Construct, *, vpc: ec2.IVpc, pool: str, machine_image:
                    root_volume_gib: int, user_data: ec2.UserData,
                    placement_group: ec2.PlacementGroup | None = None,
                    instance_type: ec2.InstanceType | None = None) -> PoolInstances:
-    # Session Manager is the only way in: no SSH key pair, no inbound rule.
+    # Session Manager is the only way in: no SSH key pair, no inbound rule. Not AmazonSSMManagedInstanceCore, which
+    # also grants ssm:GetParameter(s) and ssm:GetParametersByPath on every parameter of the account, ec2messages
+    # (Run Command) and more: only what the agent needs to register and open sessions (Session Manager User Guide,
+    # "Step 2: Verify or add instance permissions for Session Manager", custom instance profile with Session
+    # Manager only). These actions support no resource-level permissions.
     role = iam.Role(scope, "InstanceRole", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
-                    description=f"crossfleet {pool} pool instances: Session Manager and their work queue",
-                    managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(
-                        "AmazonSSMManagedInstanceCore")])
-    security_group = ec2.SecurityGroup(scope, "InstanceSecurityGroup", vpc=vpc, allow_all_outbound=True,
+                    description=f"crossfleet {pool} pool instances: Session Manager and their work queue")
+    role.add_to_policy(iam.PolicyStatement(
+        sid="SessionManagerOnly",
+        actions=["ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
+                 "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"],
+        resources=["*"]))
+    # Belt and braces: whatever is attached later, never the account's parameters or secrets.
+    role.add_to_policy(iam.PolicyStatement(
+        sid="NeverReadParametersOrSecrets", effect=iam.Effect.DENY,
+        actions=["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory",
+                 "secretsmanager:GetSecretValue", "ssm:SendCommand", "ssm:StartSession"],
+        resources=["*"]))
+    # Outbound HTTPS only: every AWS API, registry and model hub the instance uses is TLS on 443. The VPC's DNS,
+    # the metadata service and Time Sync are not filtered by security groups (VPC User Guide, "Security group
+    # rules"). In isolated mode (no NAT) the route tables are the limit: the instance subnets route only to the
+    # VPC and the S3/DynamoDB gateway endpoints, whose prefix lists a security group cannot name without a
+    # deploy-time lookup, so the rule stays 0.0.0.0/0:443 there too. EFA adds its self-referencing rules.
+    security_group = ec2.SecurityGroup(scope, "InstanceSecurityGroup", vpc=vpc, allow_all_outbound=False,
                                        description=f"crossfleet {pool} pool instances (no inbound)")
+    security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS to AWS APIs and endpoints")
     launch_template = ec2.LaunchTemplate(
         scope, "LaunchTemplate",
         machine_image=machine_image,

@@ -48,9 +48,10 @@ class RealtimeEndpoint(Construct):
             self, "AccessLogs", encryption=s3.BucketEncryption.S3_MANAGED, enforce_ssl=True,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             removal_policy=RemovalPolicy.RETAIN if retain_on_delete else RemovalPolicy.DESTROY,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED, versioned=True,
             server_access_logs_bucket=server_access_logs, server_access_logs_prefix="endpoint-logs/",
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90))])
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90),
+                                              noncurrent_version_expiration=Duration.days(30))])
 
         security_group = ec2.SecurityGroup(self, "SecurityGroup", vpc=vpc, allow_all_outbound=False,
                                            description="crossfleet real-time endpoint: HTTPS from allowed clients")
@@ -62,6 +63,8 @@ class RealtimeEndpoint(Construct):
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self, "LoadBalancer", vpc=vpc, vpc_subnets=subnets, internet_facing=False,
             security_group=security_group, drop_invalid_header_fields=True,
+            # Like the stateful resources: protected unless the config says this deployment is disposable.
+            deletion_protection=retain_on_delete,
             # Long generations stream for minutes; the default 60 s idle timeout would cut them.
             idle_timeout=Duration.seconds(STREAM_SECONDS))
         self.load_balancer.log_access_logs(self.access_logs, prefix="alb")

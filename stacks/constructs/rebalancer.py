@@ -17,7 +17,7 @@ from crossfleet.config.control import RebalancerConfig
 from crossfleet.config.offerings import offerings
 from stacks.constructs.controller_function import controller_function
 from stacks.constructs.realtime_endpoint import RealtimeEndpoint
-from stacks.constructs.state_table import StateTable
+from stacks.constructs.state_table import StateTable, leading_keys_condition, partition_prefixes
 from stacks.constructs.work_queues import WorkQueues
 
 DEPLOYMENT_TAG = "crossfleet:deployment"
@@ -53,7 +53,7 @@ class Rebalancer(Construct):
     def __init__(self, scope: Construct, id_: str, *, config: RebalancerConfig, deployment: str, region: str,
                  queues: WorkQueues, state: StateTable, groups: dict[str, PoolGroup],
                  peers: tuple[PeerNames, ...] = (), max_receive_count: int = 5,
-                 endpoint: RealtimeEndpoint | None = None) -> None:
+                 endpoint: RealtimeEndpoint | None = None, vpc_arn: str | None = None) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
         schedule_seconds = config.schedule_minutes * 60
@@ -106,17 +106,44 @@ class Rebalancer(Construct):
             queues.pools[pool].queue.grant_consume_messages(role)
             queues.pools[pool].queue.grant(role, "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes")
             queues.pools[pool].dead_letter_queue.grant_send_messages(role)
-        state.table.grant_read_write_data(role)
+        # Its lease, memory and the overrides it reads (rebalancer#REGION), its decision log, this region's breakers
+        # and GPU summary, and the ledger of jobs it moves; nothing it does deletes an item.
+        keys = partition_prefixes(region)
+        owned = [keys["controller"], keys["decisions"], keys["capacity"], keys["jobs"]]
+        state.grant_keys(role, "OwnPartitions", read=owned, write=owned)
         group_arns = [Arn.format(ArnComponents(
             service="autoscaling", resource="autoScalingGroup",
             resource_name=f"*:autoScalingGroupName/{g.group_name}", arn_format=ArnFormat.COLON_RESOURCE_NAME), stack)
             for g in groups.values()]
+        own_group = {"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}
         role.add_to_policy(iam.PolicyStatement(
-            sid="SizeOnlyThisDeploymentsGroups",
-            # UpdateAutoScalingGroup switches Spot <-> On-Demand (the On-Demand share of the mixed policy).
-            actions=["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup"],
-            resources=group_arns,
-            conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
+            # Desired capacity has no IAM condition key: its ceiling is the group's MaxSize, which only the stack
+            # sets (the Deny statements below keep the rebalancer from changing it).
+            sid="SizeOnlyThisDeploymentsGroups", actions=["autoscaling:SetDesiredCapacity"],
+            resources=group_arns, conditions=own_group))
+        configured_types = sorted({t for g in groups.values() for t in g.instance_types})
+        for (pool, group), group_arn in zip(groups.items(), group_arns, strict=True):
+            role.add_to_policy(iam.PolicyStatement(
+                # UpdateAutoScalingGroup switches Spot <-> On-Demand (the On-Demand share of the mixed policy),
+                # re-sending the group's own overrides: every instance type in the request must be one configured
+                # for that group (autoscaling:InstanceTypes; Service Authorization Reference, "Actions, resources,
+                # and condition keys for Amazon EC2 Auto Scaling"). The InstancesDistribution fields (On-Demand base
+                # and share, Spot strategy) have no condition key and cannot be bounded in IAM; the code clamps them.
+                sid=f"SwitchMarketOnlyWithConfiguredTypes{pool.capitalize()}",
+                actions=["autoscaling:UpdateAutoScalingGroup"], resources=[group_arn],
+                conditions={**own_group,
+                            "ForAllValues:StringEquals": {"autoscaling:InstanceTypes": list(group.instance_types)}}))
+        # Ceilings: an UpdateAutoScalingGroup that carries a size bound, subnets or a launch configuration is refused
+        # whatever else allows it. Null "false" means "the request carries this key"; one statement per key because
+        # the keys of one condition block must all match. The launch template itself is bounded by ec2:RunInstances
+        # on this stack's templates only (Auto Scaling checks the caller may launch the template it is given).
+        for key, what in (("autoscaling:MaxSize", "MaxSize"), ("autoscaling:MinSize", "MinSize"),
+                          ("autoscaling:VPCZoneIdentifiers", "Subnets"),
+                          ("autoscaling:LaunchConfigurationName", "LaunchConfiguration")):
+            role.add_to_policy(iam.PolicyStatement(
+                sid=f"NeverChange{what}", effect=iam.Effect.DENY,
+                actions=["autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateAutoScalingGroup"],
+                resources=["*"], conditions={"Null": {key: "false"}}))
         spot_groups = [g for g in groups.values() if g.on_demand_percentage < 100]
         if spot_groups:
             # Updating a mixed-instances policy re-submits its launch template, which needs permission to use
@@ -131,6 +158,19 @@ class Rebalancer(Construct):
                 sid="PassOwnInstanceRoles", actions=["iam:PassRole"],
                 resources=[g.instance_role.role_arn for g in spot_groups],
                 conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}))
+            # What a re-submitted launch may create: only configured instance types, only in this VPC (ec2:InstanceType
+            # on instance resources, ec2:Vpc on subnets, interfaces and security groups; Service Authorization
+            # Reference, "Actions, resources, and condition keys for Amazon EC2").
+            role.add_to_policy(iam.PolicyStatement(
+                sid="LaunchOnlyConfiguredTypes", effect=iam.Effect.DENY, actions=["ec2:RunInstances"],
+                resources=[f"arn:{stack.partition}:ec2:*:*:instance/*"],
+                conditions={"StringNotEquals": {"ec2:InstanceType": configured_types}}))
+            if vpc_arn is not None:
+                role.add_to_policy(iam.PolicyStatement(
+                    sid="LaunchOnlyIntoThisVpc", effect=iam.Effect.DENY, actions=["ec2:RunInstances"],
+                    resources=[f"arn:{stack.partition}:ec2:*:*:{kind}/*"
+                               for kind in ("subnet", "network-interface", "security-group")],
+                    conditions={"StringNotEquals": {"ec2:Vpc": vpc_arn}}))
         if peers:
             role.add_to_policy(iam.PolicyStatement(
                 sid="FailoverToOtherConfiguredRegionsGpuQueue", actions=["sqs:SendMessage"],
@@ -140,7 +180,7 @@ class Rebalancer(Construct):
                 sid="ReadOtherRegionsCapacitySummaryOnly", actions=["dynamodb:GetItem"],
                 resources=[Arn.format(ArnComponents(service="dynamodb", region=peer.region, resource="table",
                                                     resource_name=peer.table_name), stack) for peer in peers],
-                conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["capacity#*"]}}))
+                conditions=leading_keys_condition(["capacity#*"])))
         if endpoint is not None:
             role.add_to_policy(iam.PolicyStatement(
                 sid="TurnOnlyTheEndpointsRule", actions=["elasticloadbalancing:ModifyRule"],

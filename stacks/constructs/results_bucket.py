@@ -17,12 +17,18 @@ class ResultsBucket(Construct):
         common = dict(encryption=s3.BucketEncryption.S3_MANAGED, enforce_ssl=True,
                       block_public_access=s3.BlockPublicAccess.BLOCK_ALL, removal_policy=removal,
                       object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED)
-        # Server access logs need ACL-style delivery, so this bucket keeps BUCKET_OWNER_PREFERRED ownership.
+        # ACLs disabled: S3 delivers server access logs under a bucket policy for logging.s3.amazonaws.com, limited
+        # to the source bucket and account (S3 User Guide, "Permissions for log delivery"). Versioned so a deleted
+        # or overwritten log keeps its earlier version for a while.
         self.access_logs = s3.Bucket(
             self, "AccessLogs", encryption=s3.BucketEncryption.S3_MANAGED, enforce_ssl=True,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL, removal_policy=removal,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90))])
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED, versioned=True,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90),
+                                              noncurrent_version_expiration=Duration.days(30))])
+        # Versioned: a result overwritten by a compromised worker keeps its earlier version (for a week).
         self.bucket = s3.Bucket(self, "Bucket", **common, server_access_logs_bucket=self.access_logs,
-                                server_access_logs_prefix="results/",
-                                lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(expire_days))])
+                                server_access_logs_prefix="results/", versioned=True,
+                                lifecycle_rules=[s3.LifecycleRule(
+                                    expiration=Duration.days(expire_days),
+                                    noncurrent_version_expiration=Duration.days(7))])

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crossfleet_control.aws.ledger import TERMINAL, Ledger
-from crossfleet_control.core.jobs import Job, JobRejected, parse_job
+from crossfleet_control.core.jobs import Job, JobRejected, parse_job, payload_uri_problem
 from crossfleet_worker.job_metrics import JobMetrics
 from crossfleet_worker.runners import JobFailed, Runner
 
@@ -346,6 +346,8 @@ class Agent:
         uri = job.payload.get("s3_uri")
         if not uri:
             return json.dumps(job.payload).encode()
+        if (problem := payload_uri_problem(job, self.settings.results_bucket)) is not None:
+            raise JobFailed(problem)  # the router refuses these too; this covers messages sent to a pool queue
         bucket, _, key = uri[len("s3://"):].partition("/")
         return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 

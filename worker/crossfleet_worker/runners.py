@@ -30,14 +30,21 @@ class CommandRunner:
 
     argv: tuple[str, ...]
     timeout_seconds: float = 3600
+    # On instances: the unprivileged user jobs run as (worker/install.sh creates it and blocks its traffic to the
+    # instance metadata service, so a job holds no instance-role credentials). The agent reads the payload and
+    # writes the result; the job sees only its input and output files. None runs as the agent (local playground).
+    run_as: str | None = None
 
     def run(self, job: Job, payload: bytes) -> bytes:
-        with tempfile.TemporaryDirectory(prefix="crossfleet-") as folder:
+        with tempfile.TemporaryDirectory(prefix="crossfleet-", ignore_cleanup_errors=True) as folder:
             input_path, output_path = Path(folder) / "input.json", Path(folder) / "output"
             input_path.write_bytes(payload)
             argv = [a.format(job_id=job.id, input=input_path, output=output_path) for a in self.argv]
+            env = None
+            if self.run_as:
+                argv, env = self._as_job_user(argv, Path(folder), input_path)
             try:
-                done = subprocess.run(argv, capture_output=True, timeout=self.timeout_seconds, check=False)
+                done = subprocess.run(argv, capture_output=True, timeout=self.timeout_seconds, check=False, env=env)
             except subprocess.TimeoutExpired:
                 raise JobFailed(f"command timed out after {self.timeout_seconds:.0f}s") from None
             except OSError as error:
@@ -46,6 +53,17 @@ class CommandRunner:
                 tail = done.stderr.decode(errors="replace")[-500:]
                 raise JobFailed(f"command exited {done.returncode}: {tail}")
             return output_path.read_bytes() if output_path.exists() else done.stdout
+
+    def _as_job_user(self, argv: list[str], folder: Path, input_path: Path) -> tuple[list[str], dict[str, str]]:
+        """setpriv (util-linux) switches to the job user and drops every capability, inheritable and ambient
+        included, so the job cannot regain the agent's CAP_SETUID; the environment is a fresh minimal one."""
+        assert self.run_as is not None
+        folder.chmod(0o733)  # the job may create its output and read its input, not list the folder
+        input_path.chmod(0o644)
+        user = self.run_as
+        wrapped = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--inh-caps=-all",
+                   "--ambient-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *argv]
+        return wrapped, {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(folder), "LANG": "C.UTF-8"}
 
 
 @dataclass(frozen=True)
@@ -77,7 +95,8 @@ class HttpRunner:
 def build_runner(config: dict[str, Any]) -> Runner:
     kind = config.get("kind", "http")
     if kind == "command":
-        return CommandRunner(argv=tuple(config["argv"]), timeout_seconds=float(config.get("timeout_seconds", 3600)))
+        return CommandRunner(argv=tuple(config["argv"]), timeout_seconds=float(config.get("timeout_seconds", 3600)),
+                             run_as=config.get("run_as"))
     if kind == "http":
         return HttpRunner(url=config.get("url", HttpRunner.url), model=config.get("model"),
                           timeout_seconds=float(config.get("timeout_seconds", 600)))

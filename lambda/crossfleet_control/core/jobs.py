@@ -242,3 +242,21 @@ def job_summary(job: Job) -> dict[str, Any]:
     data = asdict(job)
     data.pop("payload")
     return data
+
+
+# Where a job's s3_uri may point: this deployment's results bucket under payloads/ (the worker role can read
+# nothing else there; results/ in particular holds other jobs' outputs).
+PAYLOAD_PREFIX = "payloads/"
+
+
+def payload_uri_problem(job: Job, results_bucket: str) -> str | None:
+    """Why this job's payload reference may not be read, or None. Checked at intake and again by the worker."""
+    uri = job.payload.get("s3_uri")
+    if uri is None:
+        return None
+    allowed = f"s3://{results_bucket}/{PAYLOAD_PREFIX}"
+    key = str(uri)[len(allowed):] if str(uri).startswith(allowed) else None
+    # Dot segments and empty segments are refused: an HTTP layer may normalise payloads/../results/x to results/x.
+    if not results_bucket or not key or any(part in ("", ".", "..") for part in key.split("/")):
+        return f"payload.s3_uri={uri!r}: must be under {allowed} (this deployment's payload prefix)"
+    return None

@@ -132,6 +132,8 @@ class RouterSettings:
     table_name: str
     queue_urls: dict[str, str]
     rejects_url: str
+    # Payload references must point under this bucket's payloads/ prefix (jobs.payload_uri_problem).
+    results_bucket: str = ""
     # Failover: the other configured regions' GPU queues (nothing else is ever a destination).
     peer_gpu_queue_urls: dict[str, str] = field(default_factory=dict)
     pool_instance_types: dict[str, list[str]] = field(default_factory=dict)

@@ -19,7 +19,7 @@ from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.core.capacity_health import PoolHealth as CapacityHealth
 from crossfleet_control.core.capacity_health import RegionSummary, failover_target, pool_health
-from crossfleet_control.core.jobs import Job, JobRejected, parse_job
+from crossfleet_control.core.jobs import Job, JobRejected, parse_job, payload_uri_problem
 from crossfleet_control.core.placement import PoolHealth, health_from_decision, merge_health, place
 from crossfleet_control.core.settings import RouterSettings
 
@@ -66,6 +66,9 @@ class Router:
             job = parse_job(body)
         except JobRejected as rejected:
             self.reject(body, rejected.reason, rejected.job_id)
+            return
+        if (problem := payload_uri_problem(job, self.settings.results_bucket)) is not None:
+            self.reject(body, problem, job.id)
             return
         if job.region and job.region != self.settings.region:
             configured = (self.settings.region, *self.settings.peer_gpu_queue_urls)
