@@ -52,7 +52,7 @@ def test_either_name_finds_the_trace(tmp_path: Path, on_disk: str, named: str):
 
 def test_another_file_name_is_not_guessed(tmp_path: Path):
     (tmp_path / SHIPPED_NAME).write_text(ROWS)
-    with pytest.raises(ConfigError, match="other.csv"):
+    with pytest.raises(ConfigError, match=r"other\.csv"):
         load_scenario(_write(tmp_path, "s.json", _scenario("other.csv")))
 
 
