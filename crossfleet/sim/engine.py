@@ -21,6 +21,7 @@ from typing import Protocol
 
 from crossfleet.config.offerings import offerings
 from crossfleet.sim.scenario import Event, PoolScenario, Scenario
+from crossfleet.sim.stats import no_cyclic_gc
 from crossfleet.sim.workload import Arrival
 from crossfleet_control.core.jobs import Job
 from crossfleet_control.core.policy_types import PoolSpec, PoolTelemetry
@@ -133,14 +134,22 @@ class Instance:
             self.last = now
 
     def next_event(self) -> float:
+        # Called for every start and every event (over a million times at 40x): plain comparisons instead of
+        # min()/max() calls, the same arithmetic and so the same floats.
         if not self.k:
             return math.inf
         prefill, decode = self.rates.table[self.k]
         t = self.fixed[0][0] if self.fixed else math.inf
         if self.prefill:
-            t = min(t, self.last + max(0.0, self.prefill[0][0] - self.vp) / prefill)
+            left = self.prefill[0][0] - self.vp
+            at = self.last + (left if left > 0.0 else 0.0) / prefill
+            if at < t:
+                t = at
         if self.decode:
-            t = min(t, self.last + max(0.0, self.decode[0][0] - self.vd) / decode)
+            left = self.decode[0][0] - self.vd
+            at = self.last + (left if left > 0.0 else 0.0) / decode
+            if at < t:
+                t = at
         return t
 
     def running(self) -> list[JobRecord]:
@@ -200,7 +209,7 @@ class Pool:
         at = instance.next_event()
         if at < math.inf:
             heapq.heappush(self.events, (at, instance.index, instance.version))
-        if not instance.gone and instance.k < self.rates.streams:
+        if not instance.draining and instance.terminated_at is None and instance.k < self.rates.streams:
             heapq.heappush(self.free, (instance.k, instance.index))
 
     def _free_instance(self, now: float) -> Instance | None:
@@ -394,6 +403,10 @@ class Simulation:
 
     # -- the loop -----------------------------------------------------------------------------------------
     def run(self) -> Simulation:
+        with no_cyclic_gc():
+            return self._run()
+
+    def _run(self) -> Simulation:
         period = self.scenario.control_period_seconds
         steps = math.ceil(self.scenario.horizon_seconds / period)
         index = 0

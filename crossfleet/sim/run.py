@@ -23,7 +23,7 @@ from crossfleet.sim.controllers import POLICIES, make_controller
 from crossfleet.sim.engine import Simulation
 from crossfleet.sim.scenario import Scenario
 from crossfleet.sim.serving_controllers import SERVING_POLICIES, make_serving_controller
-from crossfleet.sim.stats import percentile
+from crossfleet.sim.stats import no_cyclic_gc, percentile
 from crossfleet.sim.workload import Arrival, build_workload
 from crossfleet_control.core.policy_types import PolicySettings
 
@@ -85,9 +85,10 @@ def simulate(scenario: Scenario, policy_name: str, *, arrivals: list[Arrival] | 
     else:
         controller = make_controller(policy_name, settings, target_wait_seconds=variant.knob, **variant.switches)
     controller.name = variant.label
-    sim = Simulation(scenario, arrivals, controller, progress=progress,
-                     request_timeout_seconds=serving.request_timeout_seconds if serving else None).run()
-    return summarize(scenario, variant.label, sim), sim
+    with no_cyclic_gc():  # the run and its summary: millions of acyclic objects (see stats.no_cyclic_gc)
+        sim = Simulation(scenario, arrivals, controller, progress=progress,
+                         request_timeout_seconds=serving.request_timeout_seconds if serving else None).run()
+        return summarize(scenario, variant.label, sim), sim
 
 
 def _serving_metrics(scenario: Scenario, sim: Simulation) -> dict[str, Any]:

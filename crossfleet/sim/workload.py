@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from crossfleet.sim.scenario import Scenario, SyntheticStream, TraceWorkload
+from crossfleet.sim.stats import no_cyclic_gc
 from crossfleet_control.core.jobs import Job
 
 
@@ -106,9 +107,10 @@ def _preference(placement: str, preference: str) -> str:
 def build_workload(scenario: Scenario) -> list[Arrival]:
     rng = random.Random(scenario.seed)
     arrivals: list[Arrival] = []
-    if scenario.trace:
-        arrivals += trace_arrivals(scenario.trace, scenario.duration_seconds, rng)
-    for number, stream in enumerate(scenario.synthetic):
-        arrivals += synthetic_arrivals(stream, number, scenario.duration_seconds, rng)
-    arrivals.sort(key=lambda a: (a.at, a.job.id))
+    with no_cyclic_gc():
+        if scenario.trace:
+            arrivals += trace_arrivals(scenario.trace, scenario.duration_seconds, rng)
+        for number, stream in enumerate(scenario.synthetic):
+            arrivals += synthetic_arrivals(stream, number, scenario.duration_seconds, rng)
+        arrivals.sort(key=lambda a: (a.at, a.job.id))
     return arrivals
