@@ -174,7 +174,11 @@ def test_the_direction_change_bound_is_reached_by_a_spike_every_delay_plus_two_m
     """The bound is tight, not a guess: a spike just after each scale-in makes the pool turn at every chance."""
     delay_cycles = int(SETTINGS.scale_in_delay_seconds // 60)
     spikes = set(range(delay_cycles + 1, 60, delay_cycles + 2))
-    history = _run_plant("gpu", [240 if minute in spikes else 192 for minute in range(60)], start_desired=2)
+    # Levels from the service model, not fixed counts: a quiet minute wants one instance, a spike just over one.
+    spec = SPECS["gpu"]
+    per_instance = spec.profile.streams * SETTINGS.target_wait_seconds / spec.mean_job_seconds
+    quiet, spike = int(0.8 * per_instance), int(per_instance) + 1
+    history = _run_plant("gpu", [spike if minute in spikes else quiet for minute in range(60)], start_desired=2)
     assert _direction_changes(history) == _max_direction_changes(60, delay_cycles), history
 
 

@@ -29,13 +29,16 @@ def region() -> Iterator[Region]:
 
 
 def load_saturated_gpu(region: Region) -> dict[str, set[str]]:
-    """GPU queue: 150 `either` jobs with a 60 s deadline and 30 gpu_only; CPU queue: 10 cpu_only.
+    """GPU queue: `either` jobs with a 60 s deadline and a sixth as many gpu_only; CPU queue: 10 cpu_only.
 
-    One g6e.xlarge (32 streams, about 16 s per job) would start the last of 180 jobs after about 75 s.
+    Counts come from the service model, not fixed numbers: one g6e.xlarge (32 streams) needs about 90 s to get
+    through them, past the 60 s deadline (180 jobs at the old 16 s per job; about 490 at today's cited rates).
     """
     now = time.time()
-    either = [job_message(placement="either", deadline_seconds=60, submitted_at=now) for _ in range(150)]
-    gpu_only = [job_message(placement="gpu_only", deadline_seconds=60, submitted_at=now) for _ in range(30)]
+    spec = region.settings.specs()["gpu"]
+    total = math.ceil(90 * spec.profile.streams / spec.mean_job_seconds)
+    either = [job_message(placement="either", deadline_seconds=60, submitted_at=now) for _ in range(total - total // 6)]
+    gpu_only = [job_message(placement="gpu_only", deadline_seconds=60, submitted_at=now) for _ in range(total // 6)]
     cpu_only = [job_message(placement="cpu_only", preference="cpu", deadline_seconds=600, submitted_at=now)
                 for _ in range(10)]
     region.send("gpu", either + gpu_only)
@@ -90,14 +93,16 @@ def test_observe_mode_decides_and_records_but_changes_nothing(region: Region):
 def test_backlog_scales_the_gpu_pool_up_and_idle_scales_it_back_after_the_delay():
     with mock_aws():
         region = build_region(raw_config=SMALL_GPU, cpu_desired=1, gpu_desired=0, gpu_max=4)
-        region.send("gpu", [job_message(placement="gpu_only", submitted_at=time.time()) for _ in range(400)])
+        spec = region.settings.specs()["gpu"]
+        per_instance = spec.profile.streams * region.settings.policy.target_wait_seconds / spec.mean_job_seconds
+        # One and a half instances' worth of work from the service model (g6e: about 650 jobs per 120 s each).
+        backlog = int(1.5 * per_instance)
+        region.send("gpu", [job_message(placement="gpu_only", submitted_at=time.time()) for _ in range(backlog)])
         clock = [time.time()]
         deps = region.deps()
         deps.clock = deps.state.clock = lambda: clock[0]
-        spec = region.settings.specs()["gpu"]
-        per_instance = spec.profile.streams * region.settings.policy.target_wait_seconds / spec.mean_job_seconds
         run_cycle(deps, {}, holder="t0", remaining_ms=lambda: 50_000)
-        assert region.desired("gpu") == math.ceil(400 / per_instance) == 2, "g6e: about 239 jobs per 120 s each"
+        assert region.desired("gpu") == math.ceil(backlog / per_instance) == 2
 
         region.client("sqs").purge_queue(QueueUrl=region.settings.pools["gpu"].queue_url)
         for minute in range(1, 13):
@@ -122,9 +127,10 @@ def test_operator_freeze_and_pin_are_honoured_and_reported(region: Region):
 
 
 def test_malformed_messages_go_to_the_dead_letter_queue_with_a_reason(region: Region):
-    load_saturated_gpu(region)
+    # The poison first: the cycle samples a bounded number of messages and must meet all three.
     region.send("gpu", ["{not json", json.dumps({"schema_version": 9, "id": "future-job"}),
                         json.dumps({"schema_version": 1, "class": "inference"})])
+    ids = load_saturated_gpu(region)
     deps = region.deps(move_budget=400)
     result = run_cycle(deps, {}, holder="poison", remaining_ms=lambda: 50_000)
     assert result["status"] == "ok" and result["quarantined"] == 3
@@ -132,7 +138,8 @@ def test_malformed_messages_go_to_the_dead_letter_queue_with_a_reason(region: Re
     assert reasons[0].startswith("body is not JSON")
     assert reasons[1] == "missing required field 'id'"
     assert reasons[2] == "schema_version=9: this crossfleet reads schema_version 1"
-    assert len(region.job_ids("gpu")) + len(region.job_ids("cpu")) == 190, "valid jobs untouched"
+    valid = sum(len(group) for group in ids.values())
+    assert len(region.job_ids("gpu")) + len(region.job_ids("cpu")) == valid, "valid jobs untouched"
 
 
 def test_lambda_entry_point_reads_settings_from_the_environment(region: Region, monkeypatch):

@@ -146,7 +146,11 @@ def test_low_traffic_goes_to_graviton_and_high_traffic_to_gpus():
 
 
 def test_gpu_shortage_shifts_traffic_to_graviton_and_back_gradually():
-    endpoint = Endpoint(rate=4.0, gpu_weight=100, hosts={"cpu": 1.0, "gpu": 4.0})
+    # A load at which GPUs alone are the cheapest split under the service model (at 4 req/s, with the cited
+    # L40S prefill, one GPU plus a trickle to the Graviton minimum is cheaper: 95%).
+    rate = 8.0
+    assert cheapest_split(rate, SPECS, SETTINGS) == 100
+    endpoint = Endpoint(rate=rate, gpu_weight=100, hosts={"cpu": 1.0, "gpu": 4.0})
     for _ in range(15):
         endpoint.step()
     assert endpoint.gpu_weight == 100

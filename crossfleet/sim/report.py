@@ -24,10 +24,14 @@ def scenario_table(report: dict[str, Any]) -> str:
     bound = report["lower_bound_cost_usd"]
     serving = any("ttft_p99_seconds" in r for r in report["policies"].values())
     gap = bounds.get("integer_gap")
+    integer = _money(bounds.get("integer_usd"))
+    if bounds.get("integer_usd") is None:
+        # No proven figure (skipped, or HiGHS stopped without a dual bound): say why, never show an incumbent.
+        integer = f"not proven ({bounds.get('integer_status') or 'skipped'})"
     lines = [f"**{report['scenario']}** ({report['jobs']:,} jobs). Proven lower bound {_money(bound)}: fluid LP "
-             f"{_money(bounds['fluid_usd'])}, integer MILP {_money(bounds.get('integer_usd'))}"
+             f"{_money(bounds['fluid_usd'])}, integer MILP {integer}"
              + (f" (HiGHS gap {gap:.2%}, at most {bounds.get('integer_miss_budget'):,} late jobs)"
-                if gap is not None else "") + ".", ""]
+                if gap is not None and bounds.get("integer_usd") is not None else "") + ".", ""]
     if serving:
         lines += ["| policy | cost | x bound | SLO (TTFT and TPOT) | TTFT p99 s | TPOT p99 s | failed | vs frontier |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -71,7 +75,7 @@ def scenario_table(report: dict[str, Any]) -> str:
 
 def tables(bench_dir: Path) -> str:
     reports = [json.loads(p.read_text()) for p in sorted(bench_dir.glob("*/bench.json"))]
-    order = {"steady": 0, "burst": 1, "gpu-shortage": 2, "spot-wave": 3, "realtime": 4}
+    order = {"steady": 0, "burst": 1, "gpu-shortage": 2, "spot-wave": 3, "realtime": 4, "steady-40x": 5}
     reports.sort(key=lambda r: (order.get(r["scenario"], 99), r["scenario"]))
     return "\n\n".join(scenario_table(r) for r in reports)
 

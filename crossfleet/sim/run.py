@@ -23,7 +23,7 @@ from crossfleet.sim.controllers import POLICIES, make_controller
 from crossfleet.sim.engine import Simulation
 from crossfleet.sim.scenario import Scenario
 from crossfleet.sim.serving_controllers import SERVING_POLICIES, make_serving_controller
-from crossfleet.sim.stats import percentile
+from crossfleet.sim.stats import no_cyclic_gc, percentile
 from crossfleet.sim.workload import Arrival, build_workload
 from crossfleet_control.core.policy_types import PolicySettings
 
@@ -58,18 +58,26 @@ class Variant:
     switches: dict[str, Any] = field(default_factory=dict)
 
 
+def policy_kinds() -> str:
+    """Every policy and the scenario kind it fits, on one line (for errors naming a wrong --policy)."""
+    return (f"queue scenarios: {', '.join(POLICIES)}; real-time serving scenarios (with a `serving` section): "
+            f"{', '.join(SERVING_POLICIES)}")
+
+
 def simulate(scenario: Scenario, policy_name: str, *, arrivals: list[Arrival] | None = None,
              progress: bool = False, variant: Variant | None = None) -> tuple[dict[str, Any], Simulation]:
     arrivals = build_workload(scenario) if arrivals is None else arrivals
     variant = variant or Variant(policy_name, policy_name)
     settings = replace(PolicySettings(**scenario.rebalancer.policy_fields()), **variant.settings)
     serving = scenario.serving
+    if policy_name not in POLICIES + SERVING_POLICIES:
+        raise ValueError(f"unknown policy {policy_name!r}; {policy_kinds()}")
     if serving is not None and policy_name not in SERVING_POLICIES:
-        raise ValueError(f"scenario {scenario.name!r} is a real-time serving scenario: use one of "
-                         f"{', '.join(SERVING_POLICIES)} (not {policy_name!r})")
+        raise ValueError(f"scenario {scenario.name!r} is a real-time serving scenario, {policy_name!r} a queue "
+                         f"policy; {policy_kinds()}")
     if serving is None and policy_name in SERVING_POLICIES:
-        raise ValueError(f"{policy_name!r} needs a scenario with a `serving` section; queue policies: "
-                         f"{', '.join(POLICIES)}")
+        raise ValueError(f"scenario {scenario.name!r} is a queue scenario, {policy_name!r} needs a `serving` "
+                         f"section; {policy_kinds()}")
     controller: Any
     if serving is not None:
         controller = make_serving_controller(policy_name, settings, serving, scenario.control_period_seconds,
@@ -77,9 +85,10 @@ def simulate(scenario: Scenario, policy_name: str, *, arrivals: list[Arrival] | 
     else:
         controller = make_controller(policy_name, settings, target_wait_seconds=variant.knob, **variant.switches)
     controller.name = variant.label
-    sim = Simulation(scenario, arrivals, controller, progress=progress,
-                     request_timeout_seconds=serving.request_timeout_seconds if serving else None).run()
-    return summarize(scenario, variant.label, sim), sim
+    with no_cyclic_gc():  # the run and its summary: millions of acyclic objects (see stats.no_cyclic_gc)
+        sim = Simulation(scenario, arrivals, controller, progress=progress,
+                         request_timeout_seconds=serving.request_timeout_seconds if serving else None).run()
+        return summarize(scenario, variant.label, sim), sim
 
 
 def _serving_metrics(scenario: Scenario, sim: Simulation) -> dict[str, Any]:
