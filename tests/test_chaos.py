@@ -74,6 +74,7 @@ class Tally:
     cut_off: set[str] = field(default_factory=set)  # a run whose heartbeat failed or whose process died mid-run
     overlaps: list[tuple[str, bool]] = field(default_factory=list)  # (job, was the first run cut off)
     after_success: list[str] = field(default_factory=list)
+    stalled: list[str] = field(default_factory=list)  # a live run whose heartbeat did not renew its lease in time
     events: Counter[str] = field(default_factory=Counter)
 
 
@@ -98,6 +99,7 @@ class ChaosRunner:
                 # Longer than the lease (4 x 9 s of virtual time against 30 s): only heartbeats keep it ours.
                 for step in range(4):
                     time.sleep(0.06)
+                    self.wait_for_renewal(job, ahead=9)
                     world.clock.advance(9)
                     if step == 1:
                         world.interfere(job)
@@ -109,6 +111,25 @@ class ChaosRunner:
         finally:
             with self.lock:
                 tally.running[job.id] -= 1
+
+
+    def wait_for_renewal(self, job: Job, *, ahead: float, patience: float = 2.0) -> None:
+        """Virtual time moves only as far as a live heartbeat allows. Each step of a long job waits until its
+        lease reaches `ahead` seconds past now before advancing the clock that far; otherwise the clock could
+        outrun a heartbeat thread that the OS simply had not scheduled yet (a load-dependent lapse that no fault
+        caused). A run whose renewals stopped because a fault cut it off proceeds at once; a live run that does
+        not renew within `patience` real seconds is recorded as stalled, which the guarantee check refuses."""
+        world, tally = self.world, self.world.tally
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            if job.id in tally.cut_off:
+                return
+            head = world.truth(job).head(job.id) or {}
+            if head.get("status") != "running" or float(head.get("claim_until", 0)) >= world.clock() + ahead:
+                return
+            time.sleep(0.002)
+        with self.lock:
+            tally.stalled.append(job.id)
 
 
 class World:
@@ -199,7 +220,9 @@ class World:
                 "submitted_at": self.clock(), "payload": {"n": n}}
             home = REGIONS[0]
             if rng.random() < 0.05:
-                body["region"] = home = REGIONS[1]  # pinned: the first router forwards it to the other region
+                # Pinned: the first router forwards it to the other region and records it here, where it was
+                # submitted; the other region's workers claim and finish it in this ledger.
+                body["region"] = REGIONS[1]
             if rng.random() < 0.01:
                 body["placement"] = "somewhere"  # invalid: rejected at intake, never run
                 self.invalid.add(body["id"])
@@ -375,6 +398,12 @@ class World:
             if self.settled():
                 break
             if not progress:
+                # Live runs finish first: jumping past the lease under a running job would model a frozen
+                # heartbeat, which is not one of the faults injected here.
+                for _ in range(200):
+                    if not any(self.tally.running.values()):
+                        break
+                    time.sleep(0.01)
                 self.clock.advance(LEASE + 1)
         for _ in range(100):  # a dead process's runner thread still finishing
             if not any(self.tally.running.values()):
@@ -387,6 +416,7 @@ def check_guarantee(world: World) -> dict[str, int]:
     tally, outcomes = world.tally, Counter[str]()
     assert world.settled(), "every queue drained and every SQS dead letter reconciled"
     assert not tally.after_success, f"a succeeded job ran again: {tally.after_success[:5]}"
+    assert not tally.stalled, f"a live run's heartbeat did not renew its lease: {tally.stalled[:5]}"
     illegal = [job for job, cut_off in tally.overlaps if not cut_off]
     assert not illegal, f"two runs at once while the first could renew its lease: {illegal[:5]}"
     for job_id in world.invalid:

@@ -406,3 +406,25 @@ def test_a_failover_whose_delete_fails_runs_the_job_once_and_the_origin_ledger_s
         assert head["status"] == "succeeded" and head["claim_region"] == "us-west-2"
         assert ledgers["us-west-2"].head("travels") is None, "one identity: the origin region's ledger"
         assert east.job_ids("gpu") == [] and west.job_ids("gpu") == []
+
+
+def test_a_job_pinned_to_another_region_ends_in_the_ledger_of_the_region_it_was_submitted_to():
+    """The guarantee says an outcome is visible from the region the user submitted to. A pinned job used to be
+    recorded only in the destination's ledger (submitted in us-east-1, `crossfleet job` there said nothing)."""
+    from crossfleet_control.aws.ledger import Ledger
+
+    with mock_aws():
+        east, west = build_region("us-east-1"), build_region("us-west-2")
+        east.client("sqs").send_message(QueueUrl=east.intake_url, MessageBody=json.dumps(
+            job_message(id="pinned-west", placement="gpu_only", region="us-west-2")))
+        drain_intake(east, router_for(east, peers={"us-west-2": west.settings.pools["gpu"].queue_url}))
+        ledgers = {r.name: Ledger(r.client("dynamodb"), r.settings.table_name) for r in (east, west)}
+        head = ledgers["us-east-1"].head("pinned-west")
+        assert head is not None and head["region"] == "us-west-2", "the origin knows where it went"
+        drain_intake(west, router_for(west))
+        runner = CountingRunner()
+        agent = agent_for(west, "gpu", runner, "i-west")
+        agent.ledger_for = ledgers.__getitem__
+        assert agent.poll_once() == ["succeeded"] and runner.runs["pinned-west"] == 1
+        assert ledgers["us-east-1"].head("pinned-west")["status"] == "succeeded"
+        assert ledgers["us-west-2"].head("pinned-west") is None, "one identity: the origin region's ledger"

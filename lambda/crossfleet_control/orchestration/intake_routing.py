@@ -10,7 +10,7 @@ durable in a pool queue (or the rejects queue). Every SQS call goes through `aws
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from crossfleet_control.aws import logs
@@ -78,9 +78,16 @@ class Router:
                 self.reject(body, f"region={job.region!r}: not a region of this deployment; one of "
                                   f"{', '.join(configured)}, or absent", job.id)
                 return
+            conflict = self._id_conflict(job)
+            if conflict:
+                self.reject(body, conflict, job.id)
+                return
             self._forward(job)
             return
-        conflict = self._id_conflict(job)
+        forwarded = job.origin is not None and job.origin != self.settings.region
+        # A job another region's router forwarded here was checked and recorded in its origin's ledger, where the
+        # workers here claim it: this region's ledger never holds it.
+        conflict = None if forwarded else self._id_conflict(job)
         if conflict:
             self.reject(body, conflict, job.id)
             return
@@ -94,6 +101,8 @@ class Router:
             region = self.settings.region
             self._queues().send_to_pool(pool, job)
         self.metrics.add("Routed", 1, Pool=pool)
+        if forwarded:
+            return
         try:
             if not self.ledger.record_queued(job.id, pool=pool, region=region, via=f"router: {why}",
                                              fingerprint=job.fingerprint()):
@@ -117,10 +126,20 @@ class Router:
                 "resubmit with a new id")
 
     def _forward(self, job: Job) -> None:
-        """A job pinned to another configured region goes to that region's intake queue, unchanged."""
+        """A job pinned to another configured region goes to that region's intake queue, stamped with this region
+        as its origin, and is recorded here: the user asks about it where they submitted it, and the workers
+        there claim and finish it in this ledger (docs/job-lifecycle.md)."""
         assert job.region is not None
+        job = replace(job, origin=job.origin or self.settings.region)
         self._queues().forward(job.region, job)
         self.metrics.add("Forwarded", 1, Region=job.region)
+        try:
+            if not self.ledger.record_queued(job.id, pool="intake", region=job.region,
+                                             via=f"router: pinned to {job.region}", fingerprint=job.fingerprint()):
+                self.metrics.add("DuplicateSubmissions")
+        except Exception:
+            # Durable in the other region's intake queue; that region's workers create the entry when they claim.
+            self.metrics.add("Errors", 1, Operation="ledger.record_queued")
 
     def reject(self, body: str, reason: str, job_id: str | None) -> None:
         self._queues().reject(body, reason, job_id)
