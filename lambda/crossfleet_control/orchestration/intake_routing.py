@@ -129,13 +129,14 @@ class Router:
         """A job pinned to another configured region goes to that region's intake queue, stamped with this region
         as its origin, and is recorded here: the user asks about it where they submitted it, and the workers
         there claim and finish it in this ledger (docs/job-lifecycle.md)."""
-        assert job.region is not None
+        destination = job.region
+        assert destination is not None
         job = replace(job, origin=job.origin or self.settings.region)
-        self._queues().forward(job.region, job)
-        self.metrics.add("Forwarded", 1, Region=job.region)
+        self._queues().forward(destination, job)
+        self.metrics.add("Forwarded", 1, Region=destination)
         try:
-            if not self.ledger.record_queued(job.id, pool="intake", region=job.region,
-                                             via=f"router: pinned to {job.region}", fingerprint=job.fingerprint()):
+            if not self.ledger.record_queued(job.id, pool="intake", region=destination,
+                                             via=f"router: pinned to {destination}", fingerprint=job.fingerprint()):
                 self.metrics.add("DuplicateSubmissions")
         except Exception:
             # Durable in the other region's intake queue; that region's workers create the entry when they claim.
