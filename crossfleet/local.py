@@ -160,6 +160,9 @@ class RegionRuntime:
         self.worker_settings = {pool: worker_settings(self.client("ec2"), region, pool) for pool in self.settings.pools}
         self.runners: dict[str, Any] = {}
         self.agents: dict[str, Any] = {}
+        # A job that failed over, moved or was pinned here lives in its origin region's ledger: the workers
+        # here claim it there (the deployed worker reads the peer table names from its settings).
+        self.ledger_of_region: Callable[[str], Any] = lambda region: self.ledger
         self.last_cycle = float("-inf")
         self.cycles = 0
 
@@ -228,7 +231,7 @@ class RegionRuntime:
                     self.agents[instance] = Agent(
                         settings=settings, sqs=self.client("sqs"), s3=self.client("s3"),
                         autoscaling=self.client("autoscaling"), ledger=self.ledger, runner=self._runner(pool),
-                        owner=instance, clock=self.clock, log=lambda line: None)
+                        owner=instance, clock=self.clock, log=lambda line: None, ledger_for=self.ledger_of_region)
         for gone in set(self.agents) - alive:
             del self.agents[gone]
 
@@ -250,6 +253,8 @@ class Playground:
         self.config, self.url, self.options, self.log = config, url, options, log
         self.clock = SimulatedClock(options.speed)
         self.regions = {r.region: RegionRuntime(r.region, url, options, self.clock, log) for r in config.regions}
+        for runtime in self.regions.values():
+            runtime.ledger_of_region = lambda region: self.regions[region].ledger
 
     def step(self) -> dict[str, dict[str, Any]]:
         return {region: runtime.step() for region, runtime in self.regions.items()}
@@ -381,7 +386,8 @@ def demo(config: AppConfig, options: LocalOptions, *, jobs: int, timeout_seconds
             sqs.send_message_batch(QueueUrl=first.intake_url, Entries=[
                 {"Id": str(n), "MessageBody": json.dumps({"schema_version": 1, "submitted_at": now, **job})}
                 for n, job in enumerate(batch[start:start + 10])])
-        home = {job["id"]: job.get("region", first.region) for job in batch}
+        # Every outcome is read where the job was submitted, the pinned one's too (docs/job-lifecycle.md).
+        home = {job["id"]: first.region for job in batch}
         outcomes: dict[str, str] = {}
 
         def settled() -> bool:
