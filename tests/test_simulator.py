@@ -278,3 +278,40 @@ def test_readme_tables_are_generated_from_bench_json(tmp_path: Path):
     assert "no-moves" in text and "knob 20" in text
     real = (ROOT / "README.md").read_text()
     assert BEGIN in real and END in real, "the README's benchmark tables sit between the generator's markers"
+
+
+def test_ttft_and_tpot_worked_by_hand():
+    """One g6e.xlarge (one L40S: prefill 8,532 tok/s, decode 44 tok/s for a lone stream and 1,124 tok/s across its
+    32 streams, from instance_profiles.json), requests of 1,000 prompt and 11 output tokens.
+
+    Alone: TTFT = 1000 / 8532 = 0.1172 s; the 11 tokens decode in 11 / 44 = 0.25 s, so TPOT = 0.25 / 10 = 0.025 s.
+    Two at once: they share prefill (TTFT = 2000 / 8532 = 0.2344 s) and decode at the per-stream rate for a batch
+    of two, 44 x 2^-e with e = ln(44 / (1124 / 32)) / ln 32 (the power law from one stream to 32): TPOT =
+    (11 / that rate) / 10.
+    """
+    import math
+
+    from crossfleet.sim.workload import Arrival
+    from tests.jobfactory import make_job
+
+    raw = small_scenario(seed=9, duration_seconds=600, drain_seconds=300)
+    raw["serving"] = {"latency_slo_p99_seconds": 60, "initial_gpu_weight": 100, "max_weight_step": 20}
+    raw["regions"]["us-east-1"] = {
+        "cpu": {"instance_type": "m9g.16xlarge", "min_size": 1, "max_size": 1, "start": 1},
+        "gpu": {"instance_type": "g6e.xlarge", "min_size": 1, "max_size": 1, "start": 1}}
+    raw["workload"] = {"synthetic": []}
+    scenario = parse_scenario(raw)
+
+    def request(name: str) -> Arrival:
+        return Arrival(1.0, "us-east-1", make_job(id=name, placement="either", preference="gpu", deadline_seconds=60,
+                                                  size={"input_tokens": 1000, "output_tokens": 11}, submitted_at=1.0))
+
+    alone, _ = simulate(scenario, "serving-gpu-only", arrivals=[request("alone")])
+    assert alone["ttft_p50_seconds"] == pytest.approx(1000 / 8532, abs=1e-3)
+    assert alone["tpot_p50_seconds"] == pytest.approx(11 / 44 / 10, abs=1e-4)
+    assert alone["slo_attainment"] == 1.0, "inside MLPerf's server limits (2 s, 100 ms)"
+
+    pair, _ = simulate(scenario, "serving-gpu-only", arrivals=[request("a"), request("b")])
+    exponent = math.log(44 / (1124 / 32)) / math.log(32)
+    assert pair["ttft_p99_seconds"] == pytest.approx(2000 / 8532, abs=1e-3)
+    assert pair["tpot_p99_seconds"] == pytest.approx(11 / (44 * 2 ** -exponent) / 10, abs=1e-4)
