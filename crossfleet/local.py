@@ -137,13 +137,15 @@ class RegionRuntime:
                  log: Callable[[str], None]) -> None:
         import boto3
 
+        from crossfleet.ops import EndpointSession
         from crossfleet_control.aws.ledger import Ledger
         from crossfleet_control.core.settings import RouterSettings, Settings
         from crossfleet_control.handlers.rebalancer import build_dependencies
         from crossfleet_control.handlers.router import build_router
 
         self.region, self.options, self.clock, self.log = region, options, clock, log
-        self.session = boto3.session.Session(region_name=region)
+        # Every client of this runtime goes to the emulator explicitly, not through the process's environment.
+        self.session = EndpointSession(boto3.session.Session(region_name=region), url)
         lambdas = self.client("lambda")
         self.router = build_router(RouterSettings.from_json(function_environment(
             lambdas, "crossfleet_control.handlers.router.handler", "CROSSFLEET_ROUTER_SETTINGS")),

@@ -114,17 +114,18 @@ def plan(view: RegionView) -> dict[str, Any]:
     from crossfleet_control.handlers.rebalancer import build_dependencies
     from crossfleet_control.orchestration.rebalance_cycle import plan as plan_cycle
 
-    return plan_cycle(build_dependencies(view.settings, session=_EndpointSession(view)))
+    return plan_cycle(build_dependencies(view.settings, session=EndpointSession(view.session, view.endpoint_url)))
 
 
-class _EndpointSession:
-    """A session whose clients all go to the view's endpoint (a real account's, or an emulator's)."""
+class EndpointSession:
+    """A session whose clients all go to one endpoint (a real account's when None, or an emulator's): what the
+    handlers' builders take, so the CLI and the local playground run them against a chosen endpoint."""
 
-    def __init__(self, view: RegionView) -> None:
-        self._view = view
+    def __init__(self, session: Any, endpoint_url: str | None) -> None:
+        self._session, self._endpoint_url = session, endpoint_url
 
     def client(self, service: str, **kwargs: Any) -> Any:
-        return self._view.session.client(service, endpoint_url=self._view.endpoint_url, **kwargs)
+        return self._session.client(service, endpoint_url=self._endpoint_url, **kwargs)
 
 
 ENDPOINT = "endpoint"  # `freeze endpoint` holds the real-time split; `pin endpoint N` sets the GPU share (%)
