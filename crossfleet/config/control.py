@@ -32,6 +32,10 @@ class RebalancerConfig:
     target_wait_seconds: int
     max_launches_per_window: int = 10  # the runaway guard (failure case 18)
     runaway_hold_minutes: int = 30
+    # Warm start and proportional steps (crossfleet_control.core.forecast, policy.size_pool).
+    forecast_window_minutes: int = 30
+    forecast_burst_seconds: int = 40
+    scale_up_gain_percent: int = 100
 
     def policy_fields(self) -> dict[str, float | int]:
         """The policy's settings (crossfleet_control.policy_types.PolicySettings), for the Lambda and simulator."""
@@ -40,7 +44,11 @@ class RebalancerConfig:
                 "max_scale_up_step": self.max_scale_up_step, "max_scale_in_step": self.max_scale_in_step,
                 "move_budget": self.move_budget_per_cycle,
                 "max_launches_per_window": self.max_launches_per_window,
-                "runaway_hold_seconds": float(self.runaway_hold_minutes * 60)}
+                "runaway_hold_seconds": float(self.runaway_hold_minutes * 60),
+                "forecast_window_seconds": float(self.forecast_window_minutes * 60),
+                "forecast_share": 1.0 if self.forecast_window_minutes > 0 else 0.0,
+                "forecast_burst_seconds": float(self.forecast_burst_seconds),
+                "scale_up_gain": self.scale_up_gain_percent / 100}
 
 
 def parse_queues(raw: Any) -> QueueConfig:
@@ -65,7 +73,8 @@ def parse_state(raw: Any) -> StateConfig:
 def parse_rebalancer(raw: Any, path: str = "rebalancer") -> RebalancerConfig:
     s = p.section(raw, path, ("mode", "schedule_minutes", "scale_in_delay_minutes", "max_scale_up_step",
                               "max_scale_in_step", "move_budget_per_cycle", "decision_ttl_days",
-                              "target_wait_seconds", "max_launches_per_window", "runaway_hold_minutes"))
+                              "target_wait_seconds", "max_launches_per_window", "runaway_hold_minutes",
+                              "forecast_window_minutes", "forecast_burst_seconds", "scale_up_gain_percent"))
     return RebalancerConfig(
         mode=p.choice(s, path, "mode", "enforce", ("observe", "enforce")),
         schedule_minutes=p.integer(s, path, "schedule_minutes", 1, minimum=1, maximum=60),
@@ -78,4 +87,7 @@ def parse_rebalancer(raw: Any, path: str = "rebalancer") -> RebalancerConfig:
         # At most 20: the guard counts the group's 20 most recent scaling activities (one API call per cycle).
         max_launches_per_window=p.integer(s, path, "max_launches_per_window", 10, minimum=1, maximum=20),
         runaway_hold_minutes=p.integer(s, path, "runaway_hold_minutes", 30, minimum=1, maximum=1440),
+        forecast_window_minutes=p.integer(s, path, "forecast_window_minutes", 30, minimum=0, maximum=1440),
+        forecast_burst_seconds=p.integer(s, path, "forecast_burst_seconds", 40, minimum=0, maximum=3600),
+        scale_up_gain_percent=p.integer(s, path, "scale_up_gain_percent", 100, minimum=0, maximum=100),
     )

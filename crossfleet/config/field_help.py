@@ -45,8 +45,14 @@ FIELD_HELP = {
     "rebalancer.mode": "enforce (act) or observe (decide and record only)",
     "rebalancer.schedule_minutes": "control period",
     "rebalancer.scale_in_delay_minutes": "how long a lower want must last before scale-in",
-    "rebalancer.max_scale_up_step": "most instances added to a pool per cycle",
+    "rebalancer.max_scale_up_step": "instances added per cycle when the gain is 0, and the least step otherwise",
     "rebalancer.max_scale_in_step": "most instances removed from a pool per cycle",
+    "rebalancer.forecast_window_minutes": ("warm start: a pool keeps the largest want it saw this recently, weighted "
+                                           "down linearly with age (0: no forecast floor)"),
+    "rebalancer.forecast_burst_seconds": ("warm start, GPU pools: size the floor to work through the busiest recent "
+                                          "minute's jobs within this many seconds (0: queue samples only)"),
+    "rebalancer.scale_up_gain_percent": ("share of the gap between want and capacity added in one cycle (never "
+                                         "less than max_scale_up_step; 0: fixed steps of max_scale_up_step)"),
     "rebalancer.max_launches_per_window": "runaway guard: launches in the last 15 minutes (at most 20 counted) "
                                           "that, with fewer instances in service or pending than asked for, hold "
                                           "the pool at what is usable",

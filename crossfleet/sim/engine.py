@@ -29,6 +29,11 @@ from crossfleet_control.core.service_model import InstanceProfile
 from crossfleet_control.core.settings import pool_spec
 
 MIN_BILLED_SECONDS = 60.0
+# The rebalancer reads messages sent to each queue (NumberOfMessagesSent) from CloudWatch, where SQS publishes
+# one-minute datapoints: the newest minute is not published yet when the controller runs [A: Available CloudWatch
+# metrics for Amazon SQS]. The simulator shows it the busiest of the 5 minutes before the newest one.
+SENT_LAG_PERIODS = 1
+SENT_WINDOW_PERIODS = 5
 LAUNCH_FAILURE_WINDOW = 900.0  # seconds of failed launches the controller is shown, as the Lambda reads them
 
 
@@ -173,6 +178,7 @@ class Pool:
     instance_seconds: float = 0.0
     request_timeout_seconds: float | None = None  # real-time: a request not started by then has failed
     clock: float = 0.0  # the pool has been played forward to here
+    sent_now: int = 0  # jobs sent to this pool's queue in the current period (routed, moved or failed over)
     _tiebreak: int = 0
 
     def __post_init__(self) -> None:
@@ -182,6 +188,15 @@ class Pool:
         self.billing: list[Instance] = []  # instances still billed
         self.on_finish: Callable[[JobRecord], None] | None = None
         self.timed_out: list[JobRecord] = []
+        self.sent_periods: deque[int] = deque(maxlen=SENT_WINDOW_PERIODS + SENT_LAG_PERIODS)
+
+    def close_period(self) -> None:
+        self.sent_periods.append(self.sent_now)
+        self.sent_now = 0
+
+    def sent_recently(self) -> int:
+        published = list(self.sent_periods)[:len(self.sent_periods) - SENT_LAG_PERIODS]
+        return max(published, default=0)
 
     @property
     def key(self) -> str:
@@ -320,7 +335,7 @@ class Pool:
             visible=len(self.queue), in_flight=self.in_flight(now),
             oldest_age_seconds=(now - self.queue[0].enqueued) if self.queue else 0.0, desired=self.desired,
             in_service=sum(1 for i in live if i.ready_at <= now), pending=sum(1 for i in live if i.ready_at > now),
-            failed_launches=recent)
+            failed_launches=recent, sent_recently=self.sent_recently())
 
 
 class Controller(Protocol):
@@ -399,6 +414,7 @@ class Simulation:
             record.job = record.job.moved()
             record.enqueued = now
             destination.queue.append(record)
+        destination.sent_now += len(records)
         self.moves += len(records)
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -420,10 +436,13 @@ class Simulation:
                 self.records.append(record)
                 destination = route(record)
                 region, name = destination if isinstance(destination, tuple) else (arrival.region, destination)
-                self.pools[region][name].queue.append(record)
+                pool = self.pools[region][name]
+                pool.queue.append(record)
+                pool.sent_now += 1
                 index += 1
             for pool in self.all_pools:
                 pool.dispatch(t1)
+                pool.close_period()
             self._bill_step(t1 - period, t1)
             self._events(t1)
             for region, pools in self.pools.items():

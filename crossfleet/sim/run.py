@@ -40,8 +40,12 @@ UTILIZATION_KNOBS = (0.4, 0.55, 0.7, 0.85, 1.0)
 ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no-moves": ({"move_budget": 0}, {}),  # no moves between pools (nor failover of queued GPU work)
     "no-failover": ({}, {"failover": False}),  # each region alone: no cross-region placement or moves
-    # Size on the queue alone: occupancy / utilization -> ~0 (busy instances are still kept).
-    "no-occupancy-sizing": ({"target_utilization": 1e9}, {}),
+    # No warm start: no forecast floor (nor the burst signal that feeds it).
+    "no-warm-start": ({"forecast_share": 0.0, "forecast_burst_seconds": 0.0}, {}),
+    # Fixed steps of max_scale_up_step instead of steps proportional to the gap.
+    "fixed-steps": ({"scale_up_gain": 0.0}, {}),
+    # The old sizing: slots for the running jobs at 85% utilization plus the queue's drain.
+    "with-occupancy-sizing": ({"target_utilization": 0.85}, {}),
     "no-capacity-health": ({}, {"capacity_health": False}),  # failed launches never open a breaker
     "no-gradual-scale-in": ({"scale_in_delay_seconds": 0.0, "max_scale_in_step": 10**6}, {}),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -83,7 +84,8 @@ class ControllerState:
             if sort_key == "memory":
                 data = json.loads(item["data"]["S"])
                 memory = ControllerMemory(pools={pool: PoolMemory(low_since=entry.get("low_since"),
-                                                                  runaway_until=entry.get("runaway_until"))
+                                                                  runaway_until=entry.get("runaway_until"),
+                                                                  peaks=_peaks(entry.get("peaks")))
                                                  for pool, entry in data.get("pools", {}).items()},
                                           serving=ServingMemory(**data.get("serving", {})))
             elif sort_key.startswith("override#"):
@@ -96,7 +98,8 @@ class ControllerState:
 
     def save_memory(self, memory: ControllerMemory, fence: int) -> None:
         """Fenced write: an invocation with an older token can never overwrite a newer one's memory."""
-        data = {"pools": {pool: {"low_since": m.low_since, "runaway_until": m.runaway_until}
+        data = {"pools": {pool: {"low_since": m.low_since, "runaway_until": m.runaway_until,
+                                 "peaks": [list(sample) for sample in m.peaks]}
                           for pool, m in memory.pools.items()},
                 "serving": asdict(memory.serving)}
         try:
@@ -145,3 +148,17 @@ def _json_default(value: Any) -> Any:
         return list(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
+
+
+def _peaks(raw: Any) -> tuple[tuple[float, int], ...]:
+    """The forecast's envelope as saved; anything unreadable (an older item, a hand edit) reads as no history,
+    which only makes the floor start from the current want."""
+    if not isinstance(raw, list):
+        return ()
+    samples = []
+    for sample in raw:
+        if (isinstance(sample, list) and len(sample) == 2 and all(isinstance(v, (int, float)) and
+                                                                  not isinstance(v, bool) for v in sample)
+                and math.isfinite(sample[0]) and math.isfinite(sample[1])):
+            samples.append((float(sample[0]), int(sample[1])))
+    return tuple(samples)

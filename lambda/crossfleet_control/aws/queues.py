@@ -163,7 +163,10 @@ class RegionForwarder:
 
 @dataclass
 class QueueAges:
-    """The age of each pool queue's oldest message: a CloudWatch metric (SQS exposes no API for it)."""
+    """Two CloudWatch metrics per pool queue, in one GetMetricData call: the age of the oldest message (SQS exposes
+    no API for it) and the messages sent in each minute (NumberOfMessagesSent, for the forecast: a burst that
+    arrives and drains between two cycles leaves no queue behind, only sends). SQS publishes both as one-minute
+    datapoints (Amazon SQS Developer Guide, "Available CloudWatch metrics for Amazon SQS")."""
 
     client: Any
     queue_names: Mapping[str, str]
@@ -171,14 +174,23 @@ class QueueAges:
     window_seconds: int = 300
 
     def oldest_ages(self, now: float) -> dict[str, float | None]:
-        """One GetMetricData call for every pool; a pool with no recent datapoint is unknown (None)."""
+        return self.read(now)[0]
+
+    def read(self, now: float) -> tuple[dict[str, float | None], dict[str, int | None]]:
+        """(oldest age, busiest minute's sends) per pool over the window; no datapoint reads as unknown (None)."""
         import datetime
 
-        queries = [{"Id": f"age{i}", "ReturnData": True, "MetricStat": {
-            "Metric": {"Namespace": "AWS/SQS", "MetricName": "ApproximateAgeOfOldestMessage",
-                       "Dimensions": [{"Name": "QueueName", "Value": name}]},
-            "Period": 60, "Stat": "Maximum"}} for i, name in enumerate(self.queue_names.values())]
+        def query(kind: str, index: int, name: str, metric: str, stat: str) -> dict[str, Any]:
+            return {"Id": f"{kind}{index}", "ReturnData": True, "MetricStat": {
+                "Metric": {"Namespace": "AWS/SQS", "MetricName": metric,
+                           "Dimensions": [{"Name": "QueueName", "Value": name}]},
+                "Period": 60, "Stat": stat}}
+
+        names = list(self.queue_names.values())
+        queries = ([query("age", i, name, "ApproximateAgeOfOldestMessage", "Maximum") for i, name in enumerate(names)]
+                   + [query("sent", i, name, "NumberOfMessagesSent", "Sum") for i, name in enumerate(names)])
         ages: dict[str, float | None] = {pool: None for pool in self.queue_names}
+        sent: dict[str, int | None] = {pool: None for pool in self.queue_names}
         try:
             results = self.client.get_metric_data(
                 MetricDataQueries=queries,
@@ -187,11 +199,15 @@ class QueueAges:
             )["MetricDataResults"]
         except AwsError as error:
             self.on_error("cloudwatch.get_metric_data", error)
-            return ages
+            return ages, sent
         pools = list(self.queue_names)
         for result in results:
             values = result.get("Values", [])
-            if values:
-                ages[pools[int(result["Id"][3:])]] = float(values[0])
-        return ages
-
+            if not values:
+                continue
+            key = str(result["Id"])
+            if key.startswith("age"):
+                ages[pools[int(key[3:])]] = float(values[0])
+            elif key.startswith("sent"):
+                sent[pools[int(key[4:])]] = int(max(values))
+        return ages, sent

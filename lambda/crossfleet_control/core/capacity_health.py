@@ -255,6 +255,9 @@ class RegionSummary:
     # that region sizes for: at its maximum size and past its target, it takes no more forwarded work.
     wait_seconds: float = 0.0
     target_wait_seconds: float = 120.0
+    # That region's GPU demand forecast (`forecast.peak`): what a healthy region should hold for it while it is
+    # short and forwarding its GPU work (older summaries without it read 0: no hold).
+    peak_want: int = 0
 
     def headroom(self) -> int:
         return max(0, self.max_size - self.desired)

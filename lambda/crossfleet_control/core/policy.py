@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from crossfleet_control.core import forecast
 from crossfleet_control.core.capacity_health import PoolHealth, RegionSummary, failover_target
 from crossfleet_control.core.jobs import Job
 from crossfleet_control.core.policy_types import (
@@ -139,7 +140,8 @@ def region_summary(observation: Observation, specs: Mapping[str, PoolSpec], sett
         desired=desired if desired is not None else telemetry.desired or 0, max_size=spec.max_size,
         queued=telemetry.visible or 0, updated_at=observation.now,
         wait_seconds=queue_wait_seconds(observation, specs, pool) or 0.0,
-        target_wait_seconds=settings.target_wait_seconds)
+        target_wait_seconds=settings.target_wait_seconds,
+        peak_want=forecast.peak(decision.memory.of(pool).peaks, observation.now, settings.forecast_window_seconds))
 
 
 def _failover_region(observation: Observation, settings: PolicySettings) -> tuple[str | None, str]:
@@ -285,7 +287,8 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
     override = observation.override(name)
     if override.frozen:
         note = f": {override.note}" if override.note else ""
-        return PoolDecision(name, current, base, None, f"frozen by operator{note}", held=True), PoolMemory()
+        return (PoolDecision(name, current, base, None, f"frozen by operator{note}", held=True),
+                PoolMemory(peaks=memory.peaks))
 
     health = observation.health_of(name)
     if health.short and override.pinned_desired is None:
@@ -306,10 +309,11 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
     in_flight = telemetry.in_flight  # known here (asserted above); a local keeps that known inside the closure
 
     def instances_for(visible: int) -> int:
-        # Slots for the jobs running now (at a target utilization, so arrivals find room) plus slots to drain
-        # the visible queue within the target wait. Counting occupancy makes the size follow the arrival rate:
-        # sizing on the queue alone lets it grow until it holds a whole target wait of work.
-        occupancy = in_flight / settings.target_utilization
+        # Slots to drain the visible queue within the target wait, never fewer instances than the running jobs
+        # occupy. Room for arrivals comes from the forecast floor below, not from an occupancy margin: measured on
+        # every shipped scenario, an occupancy margin (`target_utilization` > 0) cost 20-26% more for no SLO
+        # once the floor holds capacity for the next burst (docs/simulator.md).
+        occupancy = in_flight / settings.target_utilization if settings.target_utilization > 0 else 0.0
         drain = visible * spec.mean_job_seconds / settings.target_wait_seconds
         return max(math.ceil((occupancy + drain) / streams - 1e-9), math.ceil(in_flight / streams))
 
@@ -325,6 +329,24 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
            f"({streams} streams, {spec.mean_job_seconds:.1f}s/job, drain within {settings.target_wait_seconds:.0f}s)")
     if serving:
         why += f" + {serving} for the real-time endpoint"
+    # Warm start: the pool keeps what its recent peak needed, ahead of the next burst (see `forecast`). The
+    # envelope records the want before the floor, so the floor never feeds itself.
+    burst = burst_want(spec, telemetry, settings) + serving if name in FAILOVER_POOLS else 0
+    peaks = forecast.record(memory.peaks, observation.now, max(needed, needed_to_keep, burst),
+                            settings.forecast_window_seconds)
+    forecast_settings = forecast.ForecastSettings(settings.forecast_window_seconds, settings.forecast_share)
+    warm = forecast.floor(peaks, observation.now, forecast_settings, high)
+    for_peers, peer_notes = (forecast.failover_floor(observation.peers, observation.region,
+                                                     observation.configured_regions, observation.now,
+                                                     settings.stale_peer_seconds, settings.forecast_share)
+                             if name in FAILOVER_POOLS else (0, ""))
+    if max(warm, for_peers) > 0 and warm + for_peers > max(needed, needed_to_keep):
+        warm = min(high, warm + for_peers)
+        recent = forecast.peak(peaks, observation.now, settings.forecast_window_seconds)
+        why += (f"; forecast: recent peak want {recent} (decaying over "
+                f"{settings.forecast_window_seconds / 60:.0f} min)" + (f" + {peer_notes}" if peer_notes else "")
+                + f", floor {warm}")
+        needed = needed_to_keep = warm
     age = telemetry.oldest_age_seconds
     if (age is not None and age > settings.target_wait_seconds and telemetry.visible > 0
             and (telemetry.pending or 0) == 0 and needed <= base):
@@ -340,12 +362,17 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
 
     if wanted > base:
         # Capacity that is coming back is probed one instance at a time, then regained by its admit share.
-        limit = 1 if health.probing else max(1, math.floor(settings.max_scale_up_step * health.admit))
+        # Steps proportional to the gap: a burst that needs 30 more instances gets them in one cycle, not in three
+        # fixed steps of 10 while its jobs' deadlines pass (the runaway guard bounds launches that never serve).
+        gap = wanted - base
+        step = max(min(gap, settings.max_scale_up_step), math.ceil(settings.scale_up_gain * gap - 1e-9))
+        limit = 1 if health.probing else max(1, math.floor(step * health.admit))
         desired = min(wanted, base + limit)
         step = " (step-limited)" if desired < wanted else ""
         if health.probing or health.admit < 1.0:
             step += f" ({health.reason})"
-        return PoolDecision(name, current, desired, wanted, f"scale up to {desired}{step}: {why}"), PoolMemory()
+        return (PoolDecision(name, current, desired, wanted, f"scale up to {desired}{step}: {why}"),
+                PoolMemory(peaks=peaks))
     wanted = keep
     if wanted < base:
         # The pin is an instruction, not a measurement: it does not wait out the scale-in delay.
@@ -355,13 +382,27 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
             desired = max(wanted, base - settings.max_scale_in_step)
             return (PoolDecision(name, current, desired, wanted,
                                  f"scale in to {desired} after {waited:.0f}s below: {why}"),
-                    PoolMemory(low_since=low_since))
+                    PoolMemory(low_since=low_since, peaks=peaks))
         return (PoolDecision(name, current, base, wanted,
                              f"hold at {base}: scale-in waits {settings.scale_in_delay_seconds - waited:.0f}s more; "
                              f"{why}"),
-                PoolMemory(low_since=low_since))
+                PoolMemory(low_since=low_since, peaks=peaks))
     reason = f"steady at {base}: {why}" if base == current else f"clamped {current} to [{low}, {high}]"
-    return PoolDecision(name, current, base, wanted, reason), PoolMemory()
+    return PoolDecision(name, current, base, wanted, reason), PoolMemory(peaks=peaks)
+
+
+def burst_want(spec: PoolSpec, telemetry: PoolTelemetry, settings: PolicySettings) -> int:
+    """Instances that work through the busiest recent minute's jobs within `forecast_burst_seconds`, as if they had
+    arrived at once (in the trace they arrive within seconds). Fed to the forecast, not to this cycle's want: the
+    burst it measures has already been served or queued; the next one is what the floor is for.
+
+    GPU pools only: a GPU boots in about two minutes, longer than the deadline of the jobs in a burst, so only
+    instances already running can serve it; Graviton boots in about half a minute and its queue mixes agent steps
+    of seconds with inference of tens of seconds, which a count of messages cannot tell apart."""
+    sent = telemetry.sent_recently
+    if not sent or settings.forecast_burst_seconds <= 0:
+        return 0
+    return math.ceil(sent * spec.mean_job_seconds / settings.forecast_burst_seconds / spec.profile.streams - 1e-9)
 
 
 def runaway_guard(spec: PoolSpec, telemetry: PoolTelemetry, now: float, base: int, memory: PoolMemory,
@@ -382,7 +423,8 @@ def runaway_guard(spec: PoolSpec, telemetry: PoolTelemetry, now: float, base: in
                              f"runaway guard: {launched} launches recently and only {usable} of {asked} in service "
                              f"or pending: instances are not becoming usable; holding at {hold} for "
                              f"{settings.runaway_hold_seconds:.0f}s", held=True, runaway=True),
-                PoolMemory(low_since=memory.low_since, runaway_until=now + settings.runaway_hold_seconds))
+                PoolMemory(low_since=memory.low_since, runaway_until=now + settings.runaway_hold_seconds,
+                           peaks=memory.peaks))
     if memory.runaway_until is not None and now < memory.runaway_until:
         return (PoolDecision(name, current, base, None,
                              f"runaway guard: holding at {base} for {memory.runaway_until - now:.0f}s more",

@@ -24,6 +24,9 @@ class PoolTelemetry:
     pending: int | None = 0
     failed_launches: int | None = 0  # unsuccessful launch activities in the recent window
     launches: int | None = 0  # successful launch activities in the recent window (the group's own replacements too)
+    # Jobs sent to the pool's queue in its busiest recent minute (CloudWatch NumberOfMessagesSent; None: unknown).
+    # Bursts arrive and drain between two cycles, so the queue seen at a cycle misses them; this does not.
+    sent_recently: int | None = None
 
     def missing(self) -> tuple[str, ...]:
         return tuple(name for name in TELEMETRY_FIELDS if getattr(self, name) is None)
@@ -48,11 +51,23 @@ class PoolSpec:
 @dataclass(frozen=True)
 class PolicySettings:
     target_wait_seconds: float = 120.0
-    # Share of a fleet's slots the running jobs should fill: the rest is room for arrivals until the next cycle.
-    target_utilization: float = 0.85
+    # Share of a fleet's slots the running jobs should fill, the rest kept as room for arrivals; 0 (the default)
+    # sizes on the queue and the running jobs alone and leaves room for arrivals to the forecast floor.
+    target_utilization: float = 0.0
     scale_in_delay_seconds: float = 600.0
     max_scale_up_step: int = 10
     max_scale_in_step: int = 2
+    # Scale-up steps proportional to the gap: a pool short of `gap` instances adds at least this share of the gap
+    # in one cycle (1: all of it), and never less than `max_scale_up_step` when the gap is that large.
+    scale_up_gain: float = 1.0
+    # Warm start (`forecast`): the floor is `forecast_share` of the largest want seen in the last
+    # `forecast_window_seconds` (0 switches it off).
+    forecast_window_seconds: float = 1800.0
+    forecast_share: float = 1.0
+    # GPU pools also feed the forecast the instances that would work through the busiest recent minute's jobs
+    # within this many seconds (`policy.burst_want`; 0: off). 40 s leaves a third of a 60 s inference deadline
+    # for the job itself.
+    forecast_burst_seconds: float = 40.0
     move_budget: int = 200
     # A job moved this often stays where it is: bounds ping-pong between pools.
     max_moves_per_job: int = 2
@@ -80,6 +95,8 @@ class PoolMemory:
     low_since: float | None = None
     # The runaway guard holds the pool until then (failure case 18).
     runaway_until: float | None = None
+    # The recent-peak envelope of this pool's want (`forecast`): (seconds, instances) pairs, newest last.
+    peaks: tuple[tuple[float, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def observe(deps: Dependencies, now: float, overrides: dict[str, Any], *, record
     """Everything the policy sees, read fresh from AWS (failure case 9: AWS is the source of truth)."""
     settings, metrics = deps.settings, deps.metrics
     groups = deps.fleets.telemetry()
-    ages = deps.ages.oldest_ages(now) if deps.ages else {}
+    ages, sent = deps.ages.read(now) if deps.ages else ({}, {})
     telemetry: dict[str, PoolTelemetry] = {}
     for pool in settings.pools:
         queue = deps.queues.telemetry(pool)
@@ -46,7 +46,7 @@ def observe(deps: Dependencies, now: float, overrides: dict[str, Any], *, record
         telemetry[pool] = PoolTelemetry(
             visible=queue.visible, in_flight=queue.in_flight, oldest_age_seconds=ages.get(pool),
             desired=group.desired if tag_ok else None, in_service=group.in_service if tag_ok else None,
-            pending=group.pending, failed_launches=failed, launches=launched)
+            pending=group.pending, failed_launches=failed, launches=launched, sent_recently=sent.get(pool))
     health, peers = capacity(deps, telemetry, now, record_signals)
     return Observation(now=now, pools=telemetry, overrides=overrides, health=health, peers=peers,
                        region=settings.region, configured_regions=settings.configured_regions,
