@@ -259,7 +259,10 @@ def test_capacity_comes_back_one_instance_then_by_the_admitted_share():
     ramp = PoolHealth(HEALTHY, 0.5, False, "recovering: admitting 50%")
     decision = policy.decide(observation(ramp, gpu_desired=0, gpu_visible=5000), SPECS, SETTINGS,
                              policy.ControllerMemory())
-    assert decision.pools["gpu"].desired == SETTINGS.max_scale_up_step // 2
+    healthy = policy.decide(observation(PoolHealth(), gpu_desired=0, gpu_visible=5000), SPECS, SETTINGS,
+                            policy.ControllerMemory())
+    # A recovering pool adds its admitted share of the step a healthy pool would take (proportional to the gap).
+    assert decision.pools["gpu"].desired == healthy.pools["gpu"].desired // 2 > 1
 
 
 def test_spot_falls_back_to_on_demand_and_returns_when_it_recovers():

@@ -105,12 +105,21 @@ def test_backlog_scales_the_gpu_pool_up_and_idle_scales_it_back_after_the_delay(
         assert region.desired("gpu") == math.ceil(backlog / per_instance) == 2
 
         region.client("sqs").purge_queue(QueueUrl=region.settings.pools["gpu"].queue_url)
-        for minute in range(1, 13):
+        window = region.settings.policy.forecast_window_seconds / 60
+        sizes = []
+        delay = region.settings.policy.scale_in_delay_seconds / 60
+        for minute in range(1, int(window + delay) + 2):
             clock[0] += 60
             run_cycle(deps, {}, holder=f"t{minute}", remaining_ms=lambda: 50_000)
+            sizes.append(region.desired("gpu"))
             if minute < 10:
                 assert region.desired("gpu") == 2, f"minute {minute}: no scale-in before the 10-minute delay"
-        assert region.desired("gpu") == 0, "scaled to zero once the delay passed"
+        # The forecast floor (kept in the state table between invocations) releases the burst's capacity as its
+        # peak ages: one instance while the peak still weighs more than half, none once the window has passed.
+        # The floor falls to 1 at minute 15 (2 x (1 - 15/30)) and the scale-in delay runs 10 minutes from there;
+        # it falls to 0 at minute 30, and the delay runs again.
+        assert sizes[:24] == [2] * 24 and sizes[24:39] == [1] * 15 and sizes[39] == 0, sizes
+        assert region.desired("gpu") == 0, f"scaled to zero once the forecast window and the delay passed: {sizes}"
 
 
 def test_operator_freeze_and_pin_are_honoured_and_reported(region: Region):

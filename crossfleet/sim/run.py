@@ -40,6 +40,7 @@ UTILIZATION_KNOBS = (0.4, 0.55, 0.7, 0.85, 1.0)
 ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no-moves": ({"move_budget": 0}, {}),  # no moves between pools (nor failover of queued GPU work)
     "no-failover": ({}, {"failover": False}),  # each region alone: no cross-region placement or moves
+    "no-moves-or-failover": ({"move_budget": 0}, {"failover": False}),  # every job stays where it was placed
     # No warm start: no forecast floor (nor the burst signal that feeds it).
     "no-warm-start": ({"forecast_share": 0.0, "forecast_burst_seconds": 0.0}, {}),
     # Fixed steps of max_scale_up_step instead of steps proportional to the gap.

@@ -368,10 +368,10 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
         step = max(min(gap, settings.max_scale_up_step), math.ceil(settings.scale_up_gain * gap - 1e-9))
         limit = 1 if health.probing else max(1, math.floor(step * health.admit))
         desired = min(wanted, base + limit)
-        step = " (step-limited)" if desired < wanted else ""
+        note = " (step-limited)" if desired < wanted else ""
         if health.probing or health.admit < 1.0:
-            step += f" ({health.reason})"
-        return (PoolDecision(name, current, desired, wanted, f"scale up to {desired}{step}: {why}"),
+            note += f" ({health.reason})"
+        return (PoolDecision(name, current, desired, wanted, f"scale up to {desired}{note}: {why}"),
                 PoolMemory(peaks=peaks))
     wanted = keep
     if wanted < base:
