@@ -106,7 +106,8 @@ def test_every_shipped_scenarios_events_change_what_crossfleet_does(path: Path):
     """A scenario whose events change nothing crossfleet decides tests nothing (the old `price-change`). At full
     load: at a tenth of it, crossfleet's warm-start floor has room enough that a Spot wave changes nothing."""
     raw = json.loads(path.read_text())
-    raw["workload"]["inference_trace"]["path"] = str(TRACE)
+    if "inference_trace" in raw["workload"]:
+        raw["workload"]["inference_trace"]["path"] = str(TRACE)
     if not raw.get("events") or raw.get("serving"):
         pytest.skip("no events, or a serving scenario (its own tests)")
     with_events, _ = simulate(parse_scenario(raw), "crossfleet")

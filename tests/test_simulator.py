@@ -277,6 +277,11 @@ def test_readme_tables_are_generated_from_bench_json(tmp_path: Path):
     assert text.startswith("intro\n") and text.endswith(f"{END}\noutro\n") and "stale" not in text
     assert f"| crossfleet | ${report['policies']['crossfleet']['cost_usd']:,.2f} |" in text
     assert "no-moves" in text and "knob 20" in text
+    mine = report["policies"]["crossfleet"]
+    row = next(line for line in text.splitlines()
+               if line.startswith(f"| {report['scenario']} | {mine['slo_attainment']:.3f} |"))
+    ratio = mine["cost_usd"] / report["lower_bound_cost_usd"]
+    assert f"{ratio:.2f}x" in row, "the targets row is computed from bench.json"
     real = (ROOT / "README.md").read_text()
     assert BEGIN in real and END in real, "the README's benchmark tables sit between the generator's markers"
 
