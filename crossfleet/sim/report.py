@@ -86,6 +86,15 @@ def _verdict(value: float, target: float, higher_is_better: bool) -> str:
     return "met" if met else f"missed by {abs(value - target):.3f}"
 
 
+def _worth(report: dict[str, Any], ablation_name: str, slo: float, cost: float) -> str:
+    """What the mechanism the ablation switches off adds: SLO points and cost change against the ablation."""
+    ablation = report["ablations"].get(ablation_name)
+    if ablation is None or not ablation["cost_usd"]:
+        return "-"
+    return (f"{slo - ablation['slo_attainment']:+.3f}, "
+            f"{(cost - ablation['cost_usd']) / ablation['cost_usd']:+.1%}")
+
+
 def targets_table(reports: list[dict[str, Any]]) -> str:
     """One row per scenario: crossfleet against each target, and what its moves and failover are worth (the
     `no-moves` and `no-moves-or-failover` ablations), all from bench.json."""
@@ -111,16 +120,9 @@ def targets_table(reports: list[dict[str, Any]]) -> str:
         else:
             frontier = "-"
 
-        def worth(name: str) -> str:
-            ablation = report["ablations"].get(name)
-            if ablation is None:
-                return "-"
-            return (f"{slo - ablation['slo_attainment']:+.3f}, "
-                    f"{(cost - ablation['cost_usd']) / ablation['cost_usd']:+.1%}" if ablation["cost_usd"] else "-")
-
         lines.append(f"| {report['scenario']} | {slo:.3f} | {target} ({_verdict(slo, target, True)}) | "
-                     f"{ratio:.2f}x ({_verdict(ratio, BOUND_TARGET, False)}) | {frontier} | {worth('no-moves')} | "
-                     f"{worth('no-moves-or-failover')} |")
+                     f"{ratio:.2f}x ({_verdict(ratio, BOUND_TARGET, False)}) | {frontier} | "
+                     f"{_worth(report, 'no-moves', slo, cost)} | {_worth(report, 'no-moves-or-failover', slo, cost)} |")
     return "\n".join(lines)
 
 
