@@ -172,7 +172,8 @@ class RegionStack(Stack):
         self.capacity_events = CapacityEvents(
             self, "CapacityEvents", deployment=deployment, region=name, state=self.state, groups=group_names,
             capacity_block_id=accelerators.capacity_block_id,
-            block_instance_type=accelerators.instance_types[0] if accelerators.capacity_block_id else None)
+            block_instance_type=accelerators.instance_types[0] if accelerators.capacity_block_id else None,
+            lanes={lane_name: "gpu"} if lane is not None else None)
         self.router = IntakeRouter(self, "IntakeRouter", deployment=deployment, region=name, queues=self.queues,
                                    state=self.state, regions=tuple(r.region for r in config.regions),
                                    pool_instance_types={p: g.instance_types for p, g in pool_groups.items()},

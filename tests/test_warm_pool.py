@@ -385,3 +385,23 @@ def test_the_shipped_warm_pool_scenario_is_steady_plus_the_pool_property_only():
     for key in ("name", "description"):
         warm.pop(key), steady.pop(key)
     assert warm == steady
+
+
+def test_the_lanes_failed_launches_feed_the_gpu_pools_capacity_breakers(warm_app: SynthesizedApp):
+    from crossfleet_control.core.capacity_signals import LAUNCH_UNSUCCESSFUL, EventSettings, interpret
+
+    template = warm_app.template_json("us-east-1")
+    rule = next(r for r in resources_of_type(template, "AWS::Events::Rule").values()
+                if "aws.autoscaling" in json.dumps(r["Properties"].get("EventPattern", {})))
+    assert LANE in rule["Properties"]["EventPattern"]["detail"]["AutoScalingGroupName"]
+    settings = EventSettings(deployment="crossfleet-dev", region="us-east-1", table_name="t",
+                             groups={"cpu": "c", "gpu": "g"}, lanes={LANE: "gpu"})
+    assert (settings.pool_of(LANE), settings.pool_of("g"), settings.pool_of("other"), settings.pool_of(None)) == \
+        ("gpu", "gpu", None, None)
+    event = {"detail-type": LAUNCH_UNSUCCESSFUL, "time": "2026-01-01T00:00:00Z",
+             "detail": {"AutoScalingGroupName": LANE, "StatusCode": "Failed",
+                        "StatusMessage": "We currently do not have sufficient p5.48xlarge capacity in the "
+                                         "Availability Zone you requested (us-east-1a). "
+                                         "Launching EC2 instance failed."}}
+    signals = interpret(event, settings, None, now=0.0)
+    assert signals and all(s.offering.pool == "gpu" for s in signals)
