@@ -405,3 +405,21 @@ def test_the_lanes_failed_launches_feed_the_gpu_pools_capacity_breakers(warm_app
                                          "Launching EC2 instance failed."}}
     signals = interpret(event, settings, None, now=0.0)
     assert signals and all(s.offering.pool == "gpu" for s in signals)
+
+
+def test_the_asset_carries_the_boot_units_and_the_gate_runs_on_the_standard_library_alone(
+        default_app: SynthesizedApp, tmp_path: Path):
+    import subprocess
+    import sys
+
+    out = Path(default_app.app.synth().directory)
+    (staged,) = [d for d in out.glob("asset.*") if (d / "worker").is_dir()]
+    for name in ("isolate-jobs.sh", "crossfleet-job-isolation.service", "crossfleet-warm-lane.service",
+                 "crossfleet_worker/warm_lane.py"):
+        assert (staged / "worker" / name).is_file(), name
+    # Root runs the gate from a root-owned copy with no PYTHONPATH: standard library only (-S: no site-packages).
+    gate = tmp_path / "warm_lane.py"
+    gate.write_text((staged / "worker" / "crossfleet_worker" / "warm_lane.py").read_text())
+    done = subprocess.run([sys.executable, "-S", "-c", f"import runpy; runpy.run_path({str(gate)!r}, run_name='t')"],
+                          capture_output=True, text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
