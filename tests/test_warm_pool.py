@@ -423,3 +423,11 @@ def test_the_asset_carries_the_boot_units_and_the_gate_runs_on_the_standard_libr
     done = subprocess.run([sys.executable, "-S", "-c", f"import runpy; runpy.run_path({str(gate)!r}, run_name='t')"],
                           capture_output=True, text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
+
+
+def test_make_synths_summary_names_the_lane_and_its_type(warm_app: SynthesizedApp):
+    from crossfleet.synth_summary import summarize
+
+    lines = summarize(Path(warm_app.app.synth().directory))
+    assert any("pool gpu (warm lane)" in line and "types=p5.48xlarge" in line and "max=4" in line for line in lines)
+    assert any(line.strip().startswith("pool gpu ") and "p5en.48xlarge" in line for line in lines)
