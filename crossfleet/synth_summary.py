@@ -24,12 +24,20 @@ def summarize(out_dir: Path) -> list[str]:
             if resource["Type"] != "AWS::AutoScaling::AutoScalingGroup":
                 continue
             props = resource["Properties"]
-            pool = next((t["Value"] for t in props.get("Tags", []) if t["Key"] == "crossfleet:pool"), logical_id)
+            tags = {t["Key"]: t["Value"] for t in props.get("Tags", [])}
+            pool = tags.get("crossfleet:pool", logical_id)
+            if tags.get("crossfleet:lane"):
+                # The GPU pool's warm lane: a second group of the pool, with the warm pool.
+                pool = f"{pool} ({tags['crossfleet:lane']} lane)"
             mixed = props.get("MixedInstancesPolicy")
             if mixed:
                 types = [o["InstanceType"] for o in mixed["LaunchTemplate"].get("Overrides", [])]
             else:
-                types = ["(launch template type: reservation-pinned)"]
+                # One type, in the launch template (a reservation-pinned group or a warm lane).
+                ref = props.get("LaunchTemplate", {}).get("LaunchTemplateId", {})
+                template_data = resources.get(ref.get("Ref", "") if isinstance(ref, dict) else "", {})
+                types = [template_data.get("Properties", {}).get("LaunchTemplateData", {}).get("InstanceType",
+                                                                                            "(launch template)")]
             sizes = f"min={props['MinSize']:<3} max={props['MaxSize']:<4}"
             lines.append(f"  pool {pool:<4} {sizes} types={', '.join(types)}")
     return lines

@@ -22,6 +22,11 @@ def acknowledge_findings(stack: Stack) -> None:
              "AwsSolutions-EC26 cannot read volumes through a mixed-instances launch template; the launch "
              "template's root volume is encrypted gp3, asserted in tests/test_region_stack.py.",
              applies_to=["AwsSolutions-EC26"])
+    if stack.node.try_find_child("AcceleratorCluster") is not None \
+            and stack.node.find_child("AcceleratorCluster").node.try_find_child("WarmLane") is not None:
+        _ack(stack, f"{base}/AcceleratorCluster/WarmLane/Group/ASG", "AwsSolutions-AS3",
+             "The GPU pool's warm lane reports like the main groups: EventBridge Auto Scaling events and the "
+             "rebalancer, which reads the lane with the GPU group every cycle.")
     for endpoint in INTERFACE_ENDPOINTS:
         _ack(stack, f"{base}/Network/Vpc/{endpoint}/SecurityGroup/Resource", "CdkNagValidationFailure",
              "AwsSolutions-EC23 cannot evaluate the VPC CIDR reference; the endpoint security group admits only "

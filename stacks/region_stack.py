@@ -13,7 +13,11 @@ from crossfleet.config.model import AppConfig, RegionConfig
 from crossfleet.config.offerings import offerings
 from crossfleet_control.core.jobs import PAYLOAD_PREFIX
 from crossfleet_control.core.service_model import profile_for
-from stacks.constructs.accelerator_cluster import AcceleratorCluster
+from stacks.constructs.accelerator_cluster import (
+    AcceleratorCluster,
+    warm_lane_group_name,
+    warm_lane_launch_hook,
+)
 from stacks.constructs.capacity_events import CapacityEvents
 from stacks.constructs.graviton_fleet import GravitonFleet
 from stacks.constructs.intake_router import IntakeRouter
@@ -25,7 +29,7 @@ from stacks.constructs.rebalancer import DEPLOYMENT_TAG, PeerNames, PoolGroup, R
 from stacks.constructs.results_bucket import ResultsBucket
 from stacks.constructs.state_table import StateTable, leading_keys_condition, partition_prefixes
 from stacks.constructs.work_queues import WorkQueues
-from stacks.constructs.worker_install import worker_asset, worker_user_data
+from stacks.constructs.worker_install import warm_lane_boot_commands, worker_asset, worker_user_data
 
 POOLS = ("cpu", "gpu")
 # The unprivileged user command jobs run as on instances (worker/install.sh creates it, without IMDS access).
@@ -70,33 +74,55 @@ class RegionStack(Stack):
         realtime = config.realtime
         drain = {"cpu": worker.drain_seconds,
                  "gpu": region.accelerator_cluster.drain_seconds(worker.drain_seconds, load_balanced=realtime.enabled)}
-        user_data = {pool: worker_user_data(asset=self.worker_asset, settings={
-            "deployment": deployment, "region": name, "pool": pool,
-            "queue_url": self.queues.pools[pool].queue.queue_url,
-            "dead_letter_url": self.queues.pools[pool].dead_letter_queue.queue_url,
-            "table_name": self.state.table.table_name, "results_bucket": self.results.bucket.bucket_name,
-            "group_name": group_names[pool], "lifecycle_hook": hook_names[pool],
-            "concurrency": worker.cpu_concurrency if pool == "cpu" else worker.gpu_concurrency,
-            "visibility_seconds": config.queues.visibility_timeout_seconds,
-            "heartbeat_seconds": worker.heartbeat_seconds, "max_attempts": worker.max_attempts,
-            "drain_seconds": drain[pool],
-            "runner": _isolated(worker.cpu_runner if pool == "cpu" else worker.gpu_runner),
-            "peer_tables": {r.region: state_table_name(deployment, r.region) for r in config.regions
-                            if r.region != name},
-        }) for pool in POOLS}
+        def worker_settings(pool: str, group_name: str, hook_name: str) -> dict[str, Any]:
+            return {
+                "deployment": deployment, "region": name, "pool": pool,
+                "queue_url": self.queues.pools[pool].queue.queue_url,
+                "dead_letter_url": self.queues.pools[pool].dead_letter_queue.queue_url,
+                "table_name": self.state.table.table_name, "results_bucket": self.results.bucket.bucket_name,
+                "group_name": group_name, "lifecycle_hook": hook_name,
+                "concurrency": worker.cpu_concurrency if pool == "cpu" else worker.gpu_concurrency,
+                "visibility_seconds": config.queues.visibility_timeout_seconds,
+                "heartbeat_seconds": worker.heartbeat_seconds, "max_attempts": worker.max_attempts,
+                "drain_seconds": drain[pool],
+                "runner": _isolated(worker.cpu_runner if pool == "cpu" else worker.gpu_runner),
+                "peer_tables": {r.region: state_table_name(deployment, r.region) for r in config.regions
+                                if r.region != name},
+            }
+
+        user_data = {pool: worker_user_data(asset=self.worker_asset,
+                                            settings=worker_settings(pool, group_names[pool], hook_names[pool]))
+                     for pool in POOLS}
+        # The GPU pool's warm lane (accelerator_cluster.warm_pool): the same worker on the same queue, its own
+        # group and hooks, started only when the instance goes in service (stacks/constructs/warm_lane.py).
+        warm_pool = region.accelerator_cluster.warm_pool
+        lane_name = warm_lane_group_name(group_names["gpu"])
+        lane_user_data = None
+        if warm_pool is not None:
+            lane_user_data = worker_user_data(
+                asset=self.worker_asset, settings=worker_settings("gpu", lane_name, f"{lane_name}-drain"),
+                warm_lane={"region": name, "group_name": lane_name,
+                           "launch_hook": warm_lane_launch_hook(group_names["gpu"]),
+                           "units": (["crossfleet-model-server.service"] if realtime.enabled else [])
+                           + ["crossfleet-worker.service"]})
         servers = {"cpu": realtime.cpu_server, "gpu": realtime.gpu_server}
         network = config.network
         if network.models_s3_uri:
             # Model weights come from this deployment's S3 prefix through the gateway endpoint (no NAT needed);
             # servers load them from /models (the container's view of /opt/crossfleet/models).
-            for pool in POOLS:
-                user_data[pool].add_commands(
+            for pool_data in [*user_data.values(), *([lane_user_data] if lane_user_data else [])]:
+                pool_data.add_commands(
                     "install -d -m 0755 /opt/crossfleet/models",
                     f"aws s3 sync {network.models_s3_uri} /opt/crossfleet/models --only-show-errors")
         if realtime.enabled:
             # Each instance runs its pool's model server: the endpoint's targets and the worker's http runner.
             for pool in POOLS:
                 user_data[pool].add_commands(*model_server_commands(servers[pool], gpu=pool == "gpu"))
+            if lane_user_data is not None:
+                lane_user_data.add_commands(*model_server_commands(servers["gpu"], gpu=True, start=False))
+        if lane_user_data is not None:
+            lane_user_data.add_commands(*warm_lane_boot_commands(
+                model_server_image=servers["gpu"].image if realtime.enabled else None))
 
         self.graviton_fleet = GravitonFleet(
             self, "GravitonFleet", config=region.graviton_fleet, vpc=self.network.vpc,
@@ -105,7 +131,8 @@ class RegionStack(Stack):
         self.accelerator_cluster = AcceleratorCluster(
             self, "AcceleratorCluster", config=region.accelerator_cluster, vpc=self.network.vpc,
             subnet_group_name="instances", group_name=group_names["gpu"], user_data=user_data["gpu"],
-            lifecycle_hook_name=hook_names["gpu"], drain_seconds=drain["gpu"])
+            lifecycle_hook_name=hook_names["gpu"], drain_seconds=drain["gpu"], warm_lane_user_data=lane_user_data)
+        lane = self.accelerator_cluster.warm_lane
         graviton, accelerators = region.graviton_fleet, region.accelerator_cluster
         pinned = accelerators.reservation_id is not None  # a reservation or block: one type, no Spot
         pool_groups = {
@@ -117,7 +144,8 @@ class RegionStack(Stack):
                              accelerators.min_size, accelerators.max_size,
                              0 if accelerators.spot else 100,
                              self.accelerator_cluster.instances.launch_template,
-                             self.accelerator_cluster.instances.role),
+                             self.accelerator_cluster.instances.role,
+                             warm_lane=(lane_name, warm_pool.max_prepared) if warm_pool is not None else None),
         }
         self.endpoint: RealtimeEndpoint | None = None
         if realtime.enabled:
@@ -125,6 +153,7 @@ class RegionStack(Stack):
                 self, "RealtimeEndpoint", config=realtime, certificate_arn=realtime.certificate_arns[name],
                 vpc=self.network.vpc, subnets=self.network.instance_subnets,
                 groups={"cpu": self.graviton_fleet.group, "gpu": self.accelerator_cluster.group},
+                extra_groups={"gpu": [lane.group]} if lane is not None else None,
                 instance_security_groups={"cpu": self.graviton_fleet.instances.security_group,
                                           "gpu": self.accelerator_cluster.instances.security_group},
                 servers=servers, retain_on_delete=config.state.retain_on_delete,
@@ -143,7 +172,8 @@ class RegionStack(Stack):
         self.capacity_events = CapacityEvents(
             self, "CapacityEvents", deployment=deployment, region=name, state=self.state, groups=group_names,
             capacity_block_id=accelerators.capacity_block_id,
-            block_instance_type=accelerators.instance_types[0] if accelerators.capacity_block_id else None)
+            block_instance_type=accelerators.instance_types[0] if accelerators.capacity_block_id else None,
+            lanes={lane_name: "gpu"} if lane is not None else None)
         self.router = IntakeRouter(self, "IntakeRouter", deployment=deployment, region=name, queues=self.queues,
                                    state=self.state, regions=tuple(r.region for r in config.regions),
                                    pool_instance_types={p: g.instance_types for p, g in pool_groups.items()},
@@ -191,20 +221,22 @@ class RegionStack(Stack):
             role.add_to_policy(iam.PolicyStatement(
                 sid="PublishJobOutcomes", actions=["cloudwatch:PutMetricData"], resources=["*"],
                 conditions={"StringEquals": {"cloudwatch:namespace": "crossfleet"}}))
-            own_group = Arn.format(ArnComponents(
+            # The GPU role is also the warm lane's: its instances complete the lane's launch and drain hooks.
+            own_groups = [Arn.format(ArnComponents(
                 service="autoscaling", resource="autoScalingGroup",
-                resource_name=f"*:autoScalingGroupName/{group_names[pool]}",
+                resource_name=f"*:autoScalingGroupName/{group_name}",
                 arn_format=ArnFormat.COLON_RESOURCE_NAME), self)
+                for group_name in [group_names[pool], *([lane_name] if pool == "gpu" and lane else [])]]
             role.add_to_policy(iam.PolicyStatement(
                 sid="CompleteOwnScaleInHook", actions=["autoscaling:CompleteLifecycleAction"],
-                resources=[own_group],
+                resources=own_groups,
                 conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
             # The agent protects its instance from scale-in while it holds jobs (case 6) and keeps its
             # termination hook open while it drains (case 17): its own group only.
             role.add_to_policy(iam.PolicyStatement(
                 sid="ProtectAndDrainOwnInstance",
                 actions=["autoscaling:SetInstanceProtection", "autoscaling:RecordLifecycleActionHeartbeat"],
-                resources=[own_group],
+                resources=own_groups,
                 conditions={"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}))
 
         # What may pass through the VPC endpoints: this deployment's objects, table and queues, and read-only the

@@ -46,8 +46,9 @@ def tag_value(resource: dict[str, Any], key: str) -> str | None:
 
 
 def asg_for_pool(template: dict[str, Any], pool: str) -> dict[str, Any]:
+    # The pool's main group: a warm lane (tag crossfleet:lane) is a second group of the GPU pool.
     groups = [g for g in resources_of_type(template, "AWS::AutoScaling::AutoScalingGroup").values()
-              if tag_value(g, "crossfleet:pool") == pool]
+              if tag_value(g, "crossfleet:pool") == pool and tag_value(g, "crossfleet:lane") is None]
     assert len(groups) == 1, f"expected one ASG for pool {pool}, found {len(groups)}"
     return groups[0]
 

@@ -97,10 +97,11 @@ def test_command_jobs_run_as_the_job_user_with_no_capabilities_and_a_clean_envir
 @pytest.mark.parametrize("pool", ["cpu", "gpu"])
 def test_instances_deny_jobs_the_metadata_service_and_workers_cannot_read_results(default_app: SynthesizedApp,
                                                                                   pool: str):
-    install = (ROOT / "worker" / "install.sh").read_text()
-    assert 'meta skuid "crossfleet-job" ip daddr 169.254.169.254 reject' in install
-    assert "--uid-owner crossfleet-job -d 169.254.169.254 -j REJECT" in install
-    assert "exit 1" in install, "no packet filter: fail closed"
+    # The rules are applied at every boot by crossfleet-job-isolation.service, which the worker unit requires.
+    rules = (ROOT / "worker" / "isolate-jobs.sh").read_text()
+    assert 'meta skuid "crossfleet-job" ip daddr 169.254.169.254 reject' in rules
+    assert "--uid-owner crossfleet-job -d 169.254.169.254 -j REJECT" in rules
+    assert "exit 1" in rules, "no packet filter: fail closed"
     unit = (ROOT / "worker" / "crossfleet-worker.service").read_text()
     assert "CapabilityBoundingSet=CAP_SETUID CAP_SETGID" in unit and "User=crossfleet" in unit
     template = default_app.template_json("us-east-1")

@@ -27,6 +27,11 @@ MATRIX: dict[str, dict[str, Any] | None] = {
     "realtime": {"regions": ["us-east-1", "us-west-2"], "realtime": {"enabled": True, "certificate_arns": {
         region: f"arn:aws:acm:{region}:123456789012:certificate/0f3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
         for region in ("us-east-1", "us-west-2")}}},
+    # The GPU pool's warm lane beside a Spot main group, behind the real-time endpoint (docs/aws-rules.md).
+    "warm-pool": {"regions": ["us-east-1"], "accelerator_cluster": {
+        "spot": True, "max_size": 8, "warm_pool": {"size": 2, "max_prepared": 4}},
+        "realtime": {"enabled": True, "certificate_arns": {
+            "us-east-1": "arn:aws:acm:us-east-1:123456789012:certificate/0f3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b"}}},
 }
 
 # Acknowledgement reasons must say something specific; these say nothing.

@@ -38,6 +38,11 @@ FIELD_HELP = {
     "accelerator_cluster.capacity_reservation_id": "target an On-Demand Capacity Reservation (one type, no fallbacks)",
     "accelerator_cluster.capacity_block_id": "target a Capacity Block for ML (one type, no fallbacks)",
     "accelerator_cluster.root_volume_gib": "encrypted gp3 root volume size",
+    "accelerator_cluster.warm_pool": "null, or {size, max_prepared, state, instance_type}: an On-Demand one-type warm "
+                                     "lane of the GPU pool whose stopped instances already hold the image and "
+                                     "weights (size: warm pool MinSize; max_prepared: the lane's in-service plus "
+                                     "warm instances, default size; state: Stopped; instance_type: default the "
+                                     "first type). Not with a reservation or block; see docs/aws-rules.md",
     "queues.visibility_timeout_seconds": "a job's lease on its worker; heartbeats renew it",
     "queues.max_receive_count": "receives before SQS moves a message to the DLQ",
     "queues.retention_days": "how long a queued job waits before SQS drops it",

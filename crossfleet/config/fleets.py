@@ -43,7 +43,29 @@ GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_s
 SPOT_ALLOCATION_STRATEGIES = ("price-capacity-optimized", "capacity-optimized-prioritized")
 ACCELERATOR_KEYS = ("kind", "instance_types", "fallback_instance_types", "min_size", "max_size", "placement_group",
                     "efa", "spot", "capacity_reservation_id", "capacity_block_id", "root_volume_gib",
-                    "availability_zone")
+                    "availability_zone", "warm_pool")
+WARM_POOL_KEYS = ("size", "max_prepared", "state", "instance_type")
+# Warm pool states crossfleet deploys. AWS offers Stopped, Running and Hibernated (EC2 Auto Scaling API reference,
+# "WarmPoolConfiguration"); Running costs as much as an in-service instance (raise min_size instead), and
+# Hibernated needs a type with less than 150 GB of RAM in a hibernation-supported family (EC2 User Guide,
+# "Hibernation prerequisites"), which the GPU types crossfleet sizes for (p5, g6e) are not.
+WARM_POOL_STATES = ("Stopped",)
+
+
+@dataclass(frozen=True)
+class WarmPoolConfig:
+    """The GPU pool's warm lane: an On-Demand, one-type Auto Scaling group beside the main GPU group, carrying an
+    AWS::AutoScaling::WarmPool of stopped instances whose root volumes already hold the image and the weights.
+
+    A separate group because AWS refuses a warm pool on a group with a mixed instances policy or one that launches
+    Spot Instances (EC2 Auto Scaling User Guide, "Warm pools for Amazon EC2 Auto Scaling", Limitations; API
+    reference, PutWarmPool), and the main group keeps its mixed-instances policy and its Spot option.
+    """
+
+    size: int  # WarmPool MinSize: stopped instances kept prepared however busy the lane is
+    max_prepared: int  # the lane's MaxSize and the pool's MaxGroupPreparedCapacity (in service + warm)
+    instance_type: str  # the lane's one type (a warm pool's group has no mixed instances policy)
+    state: str = WARM_POOL_STATES[0]
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,7 @@ class AcceleratorClusterConfig:
     capacity_block_id: str | None
     root_volume_gib: int
     availability_zone: str | None = None
+    warm_pool: WarmPoolConfig | None = None
     # Derived, not a key: the AZs the group launches in. One when pinned (placement group, reservation, block or
     # availability_zone), else every configured AZ where the pinned table offers all of the group's types.
     zones: tuple[str, ...] = field(default=(), metadata={"derived": True})
@@ -236,14 +259,55 @@ def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str,
     zones = _group_zones(s, path, region, region_zones or (f"{region}a",), types, fallbacks,
                          pinned=placement_group or bool(reservation or block),
                          reservation=bool(reservation or block))
+    warm_pool = _warm_pool(s.get("warm_pool"), p.join(path, "warm_pool"), types=group_types, max_size=max_size,
+                           reservation=reservation, block=block)
     return AcceleratorClusterConfig(
         kind=kind, instance_types=types, fallback_instance_types=fallbacks, min_size=min_size,
         max_size=max_size, placement_group=placement_group,
         efa=efa, spot=spot, capacity_reservation_id=reservation,
         capacity_block_id=block,
         root_volume_gib=p.integer(s, path, "root_volume_gib", 200, minimum=75, maximum=16384),
-        availability_zone=s.get("availability_zone"), zones=zones,
+        availability_zone=s.get("availability_zone"), warm_pool=warm_pool, zones=zones,
     )
+
+
+def _warm_pool(raw: Any, path: str, *, types: tuple[str, ...], max_size: int, reservation: str | None,
+               block: str | None) -> WarmPoolConfig | None:
+    """The optional warm lane, refused in one line wherever AWS (or the economics of a reservation) would.
+
+    The lane itself is always On-Demand with one type and no mixed instances policy, so the main group's `spot`
+    and fallbacks do not touch it. What cannot work: a Capacity Block (its launch template's market type is
+    capacity-block and its instances end with the block), an On-Demand Capacity Reservation (paid whether its
+    slots run or not, and a stopped instance gives its slot back: keep them running with min_size instead).
+    """
+    if raw is None:
+        return None
+    s = p.section(raw, path, WARM_POOL_KEYS)
+    if block:
+        raise ConfigError(path, dict(s), "null with a capacity_block_id (a block's instances are launched with "
+                                         "market type capacity-block and end with the block; run them with "
+                                         "min_size instead)")
+    if reservation:
+        raise ConfigError(path, dict(s), "null with a capacity_reservation_id (the reservation is paid whether "
+                                         "its instances run or not; run them with min_size instead)")
+    size = p.integer(s, path, "size", 1, minimum=1, maximum=1000)
+    max_prepared = p.integer(s, path, "max_prepared", size, minimum=1, maximum=1000)
+    if max_prepared < size:
+        raise ConfigError(p.join(path, "max_prepared"), max_prepared,
+                          f"at least warm_pool.size ({size}): the lane's in-service plus warm instances")
+    if max_prepared > max_size:
+        raise ConfigError(p.join(path, "max_prepared"), max_prepared,
+                          f"at most accelerator_cluster.max_size ({max_size}): the lane is part of the GPU pool")
+    state = s.get("state", WARM_POOL_STATES[0])
+    if state != WARM_POOL_STATES[0]:
+        raise ConfigError(p.join(path, "state"), state,
+                          "Stopped (Running costs as much as an in-service instance: raise min_size instead; "
+                          "Hibernated needs a hibernation-supported type with less than 150 GB of RAM)")
+    instance_type = s.get("instance_type", types[0])
+    if instance_type not in types:
+        raise ConfigError(p.join(path, "instance_type"), instance_type,
+                          f"one of the group's types ({', '.join(types)}): the lane launches one of them only")
+    return WarmPoolConfig(size=size, max_prepared=max_prepared, instance_type=instance_type, state=state)
 
 
 def _placement_group(s: Mapping[str, Any], path: str, *, efa: bool, block: str | None,

@@ -180,6 +180,12 @@ class Pool:
     clock: float = 0.0  # the pool has been played forward to here
     sent_now: int = 0  # jobs sent to this pool's queue in the current period (routed, moved or failed over)
     _tiebreak: int = 0
+    # The warm lane (config.warm_pool): when each stopped, prepared instance is ready to start (a replacement is
+    # prepared while the one taken serves), the lane's live instances, and the preparation runs not yet billed.
+    warm_stock: list[float] = field(default_factory=list)
+    lane: set[int] = field(default_factory=set)
+    warm_starts: int = 0
+    unbilled_preparation_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.rates = Rates(self.profile)
@@ -212,11 +218,33 @@ class Pool:
         return [i for i in self.billing if not i.gone]
 
     def launch(self, now: float) -> None:
-        instance = Instance(len(self.instances), now, self.profile.boot_seconds, self.rates)
+        boot = self.profile.boot_seconds
+        index = len(self.instances)
+        if self._warm_start_ready(now):
+            # A stopped instance of the warm pool starts; Auto Scaling prepares a replacement into the pool (a
+            # first boot, billed as a running instance) so the pool keeps its size (MinSize).
+            warm = self.config.warm_pool
+            assert warm is not None
+            self.warm_stock.remove(min(self.warm_stock))
+            self.warm_stock.append(now + boot)
+            self.unbilled_preparation_seconds += max(boot, MIN_BILLED_SECONDS)
+            self.lane.add(index)
+            self.warm_starts += 1
+            boot = warm.start_seconds
+        instance = Instance(index, now, boot, self.rates)
         self.instances.append(instance)
         self.billing.append(instance)
         self.launched.append(now)
         heapq.heappush(self.events, (instance.ready_at, instance.index, instance.version))
+
+    def _warm_start_ready(self, now: float) -> bool:
+        """The rebalancer fills the lane first: a launch is a warm start while the lane has room and the pool
+        has a prepared instance (crossfleet_control.aws.fleets.WarmLane)."""
+        warm = self.config.warm_pool
+        if warm is None or not self.warm_stock or min(self.warm_stock) > now:
+            return False
+        in_lane = sum(1 for i in self.lane if not self.instances[i].gone)
+        return in_lane < warm.max_prepared
 
     # -- continuous batching ------------------------------------------------------------------------------
     def _reschedule(self, instance: Instance) -> None:
@@ -377,6 +405,9 @@ class Simulation:
                 pool.on_finish = self._finished
                 for _ in range(config.start):
                     pool.launch(-pool.profile.boot_seconds)  # warm at t=0
+                if config.warm_pool is not None:
+                    # Prepared before t=0, like the starting instances (whose boots are not billed either).
+                    pool.warm_stock = [-math.inf] * config.warm_pool.size
                 pool.desired = config.start
                 self.pools[region][name] = pool
         self.all_pools = [pool for pools in self.pools.values() for pool in pools.values()]
@@ -398,8 +429,9 @@ class Simulation:
         live = pool.live()
         surplus = len(live) - desired
         if surplus > 0:
-            # Cancel instances still booting first, then drain the least busy.
-            live.sort(key=lambda i: (i.ready_at <= now, i.k))
+            # Cancel instances still booting first, then drain the least busy; the main group before the warm
+            # lane, as the rebalancer's split shrinks it (no lane: the same order as before).
+            live.sort(key=lambda i: (i.ready_at <= now, i.index in pool.lane, i.k))
             for instance in live[:surplus]:
                 instance.draining = True
                 if instance.ready_at > now or instance.k == 0:
@@ -478,6 +510,14 @@ class Simulation:
                 if instance.terminated_at is None or instance.terminated_at > t1:
                     kept.append(instance)
             pool.billing = kept
+            if pool.config.warm_pool is not None:
+                # Stopped instances: their EBS root volumes only; preparations: a running instance's price.
+                extra = (len(pool.warm_stock) * (t1 - t0) * pool.config.warm_pool.stopped_usd_per_second
+                         + pool.unbilled_preparation_seconds * price)
+                pool.instance_seconds += pool.unbilled_preparation_seconds
+                pool.unbilled_preparation_seconds = 0.0
+                pool.cost_usd += extra
+                self.cost_usd += extra
 
     def _reconcile(self, pool: Pool, now: float) -> None:
         """What an Auto Scaling group does: launch toward desired, failing above a capacity limit."""

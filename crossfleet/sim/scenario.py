@@ -27,6 +27,35 @@ class PoolScenario:
     max_size: int
     start: int
     spot_fraction: float  # share of instance-hours billed at the Spot price
+    warm_pool: WarmPoolScenario | None = None  # the GPU pool's warm lane (accelerator_cluster.warm_pool)
+
+
+# A start from the warm pool: EC2 starts a stopped instance "near 5 s" with a warm pool (depot.dev, in
+# reference/numbers.md "Provisioning delays") [B], then vLLM serves after 82 s with the weights already on the
+# volume (Tensorfuse "reducing GPU cold start", the same figure the GPU profiles' boot uses) [B]: 87 s [D]. A GPU
+# still loads its model into GPU memory after a stop (reference/numbers.md). The profiles' cold boot (110 s)
+# already assumes weights on the volume, so the simulator credits the warm pool only with the EC2 launch it
+# saves (28 s -> 5 s), not with the image pull and weight download a really fresh instance also needs.
+WARM_START_SECONDS = 87.0
+# Stopped warm-pool instances cost their EBS root volume only (EC2 Auto Scaling User Guide, "Warm pools": "you
+# pay only for the volumes that you use"). gp3 storage is $0.08 per GB-month in us-east-1 (Amazon EBS pricing
+# page, aws.amazon.com/ebs/pricing; its Example 1 bills gp3 per second over a 30-day month) [A; the rate is the
+# published us-east-1 one, not re-read from a stored copy: the stored EU-sovereign copy shows EUR 0.09394 for the
+# same example]. 200 GiB is accelerator_cluster.root_volume_gib's default.
+GP3_USD_PER_GB_MONTH = 0.08
+WARM_VOLUME_GIB = 200
+
+
+@dataclass(frozen=True)
+class WarmPoolScenario:
+    size: int  # stopped, prepared instances kept (MinSize)
+    max_prepared: int  # the lane's most in-service instances (its MaxSize); warm starts stop there
+    start_seconds: float = WARM_START_SECONDS
+    volume_gib: int = WARM_VOLUME_GIB
+
+    @property
+    def stopped_usd_per_second(self) -> float:
+        return GP3_USD_PER_GB_MONTH * self.volume_gib / (30 * 86400)
 
 
 @dataclass(frozen=True)
@@ -176,7 +205,7 @@ def _range(raw: Any, path: str, key: str, kind: type) -> tuple[Any, Any] | None:
 
 
 def _pool(raw: Any, path: str, region: str, pool: str) -> PoolScenario:
-    s = p.section(raw, path, ("instance_type", "min_size", "max_size", "start", "spot_fraction"))
+    s = p.section(raw, path, ("instance_type", "min_size", "max_size", "start", "spot_fraction", "warm_pool"))
     instance_type = s.get("instance_type")
     info = offerings().get(instance_type) if isinstance(instance_type, str) else None
     if info is None or region not in info.regions or (info.accelerator == "none") == (pool == "gpu"):
@@ -189,8 +218,29 @@ def _pool(raw: Any, path: str, region: str, pool: str) -> PoolScenario:
     start = p.integer(s, path, "start", min_size)
     if not min_size <= start <= max_size:
         raise ConfigError(p.join(path, "start"), start, f"from min_size ({min_size}) to max_size ({max_size})")
+    spot_fraction = _number(s, path, "spot_fraction", 0.0, 0.0, 1.0)
+    warm_pool = _warm_pool(s.get("warm_pool"), p.join(path, "warm_pool"), pool=pool, max_size=max_size,
+                           spot_fraction=spot_fraction)
     return PoolScenario(instance_type=instance_type, min_size=min_size, max_size=max_size, start=start,
-                        spot_fraction=_number(s, path, "spot_fraction", 0.0, 0.0, 1.0))
+                        spot_fraction=spot_fraction, warm_pool=warm_pool)
+
+
+def _warm_pool(raw: Any, path: str, *, pool: str, max_size: int, spot_fraction: float) -> WarmPoolScenario | None:
+    """A pool's warm lane, with the deployment config's rules (crossfleet.config.fleets._warm_pool)."""
+    if raw is None:
+        return None
+    s = p.section(raw, path, ("size", "max_prepared", "start_seconds", "volume_gib"))
+    if pool != "gpu":
+        raise ConfigError(path, dict(s), "only on the gpu pool (crossfleet deploys the warm lane for the GPU pool)")
+    if spot_fraction > 0:
+        # The lane is On-Demand (AWS refuses a warm pool on a group that launches Spot); the simulator bills a
+        # pool at one blended price, so a Spot share would bill the lane's instances at Spot prices.
+        raise ConfigError(path, dict(s), "null while spot_fraction is above 0 (the warm lane is On-Demand)")
+    size = p.integer(s, path, "size", 1, minimum=1, maximum=max_size)
+    max_prepared = p.integer(s, path, "max_prepared", size, minimum=size, maximum=max_size)
+    return WarmPoolScenario(size=size, max_prepared=max_prepared,
+                            start_seconds=_number(s, path, "start_seconds", WARM_START_SECONDS, 0, 3600),
+                            volume_gib=p.integer(s, path, "volume_gib", WARM_VOLUME_GIB, minimum=1, maximum=16384))
 
 
 def _regions(raw: Any, path: str, known: tuple[str, ...]) -> tuple[str, ...]:

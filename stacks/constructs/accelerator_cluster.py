@@ -13,6 +13,7 @@ from stacks.constructs.pool_instances import (
     pool_instances,
     prioritized_mixed_policy,
 )
+from stacks.constructs.warm_lane import WarmLane
 
 POOL = "gpu"
 
@@ -29,10 +30,14 @@ class AcceleratorCluster(Construct):
     group: autoscaling.AutoScalingGroup
     instances: PoolInstances
     placement_group: ec2.PlacementGroup | None
+    warm_lane: WarmLane | None
 
     def __init__(self, scope: Construct, id_: str, *, config: AcceleratorClusterConfig, vpc: ec2.IVpc,
                  subnet_group_name: str, group_name: str,
-                 user_data: ec2.UserData, lifecycle_hook_name: str, drain_seconds: int) -> None:
+                 user_data: ec2.UserData, lifecycle_hook_name: str, drain_seconds: int,
+                 warm_lane_user_data: ec2.UserData | None = None) -> None:
+        """`warm_lane_user_data`: the lane's own user data (its worker settings name the lane's group and hook);
+        required when the config has a warm pool."""
         super().__init__(scope, id_)
         self.placement_group = (ec2.PlacementGroup(self, "PlacementGroup",
                                                    strategy=ec2.PlacementGroupStrategy.CLUSTER)
@@ -71,6 +76,18 @@ class AcceleratorCluster(Construct):
             "DrainOnScaleIn", lifecycle_hook_name=lifecycle_hook_name,
             lifecycle_transition=autoscaling.LifecycleTransition.INSTANCE_TERMINATING,
             heartbeat_timeout=Duration.seconds(drain_seconds), default_result=autoscaling.DefaultResult.CONTINUE)
+        self.warm_lane = None
+        if config.warm_pool is not None:
+            if warm_lane_user_data is None:
+                raise ValueError("a warm pool needs the lane's user data")
+            self.warm_lane = WarmLane(
+                self, "WarmLane", config=config.warm_pool, instances=self.instances,
+                machine_image=ec2.MachineImage.from_ssm_parameter(config.ami_parameter),
+                root_volume_gib=config.root_volume_gib, user_data=warm_lane_user_data, vpc=vpc, subnets=subnets,
+                group_name=warm_lane_group_name(group_name), launch_hook_name=warm_lane_launch_hook(group_name),
+                drain_hook_name=f"{warm_lane_group_name(group_name)}-drain", drain_seconds=drain_seconds,
+                placement_group=self.placement_group)
+            self._apply_efa_to(self.warm_lane.launch_template, config)
         Tags.of(self).add("crossfleet:pool", POOL)
 
     def _apply_launch_options(self, config: AcceleratorClusterConfig) -> None:
@@ -86,6 +103,15 @@ class AcceleratorCluster(Construct):
             template.add_property_override("LaunchTemplateData.InstanceMarketOptions",
                                            {"MarketType": "capacity-block"})
 
+    def _apply_efa_to(self, launch_template: ec2.LaunchTemplate, config: AcceleratorClusterConfig) -> None:
+        """The lane's template gets the same EFA interfaces (no reservation or block: config refuses those)."""
+        if not config.efa:
+            return
+        template = launch_template.node.default_child
+        assert isinstance(template, ec2.CfnLaunchTemplate)
+        template.add_property_override("LaunchTemplateData.NetworkInterfaces",
+                                       efa_interfaces(self.instances.security_group, config.efa_interfaces))
+
     def _enable_efa(self, template: ec2.CfnLaunchTemplate, cards: int) -> None:
         """EFA on every network card the group's types share, in the security group EFA needs.
 
@@ -95,12 +121,7 @@ class AcceleratorCluster(Construct):
         launch with several interfaces (InvalidParameterCombination), and the subnets are private anyway.
         """
         group = self.instances.security_group
-        own = [group.security_group_id]
-        interfaces = [{"DeviceIndex": 0, "NetworkCardIndex": 0, "InterfaceType": "interface", "Groups": own},
-                      {"DeviceIndex": 1, "NetworkCardIndex": 0, "InterfaceType": "efa-only", "Groups": own}]
-        interfaces += [{"DeviceIndex": 0, "NetworkCardIndex": card, "InterfaceType": "efa-only", "Groups": own}
-                       for card in range(1, cards)]
-        template.add_property_override("LaunchTemplateData.NetworkInterfaces", interfaces)
+        template.add_property_override("LaunchTemplateData.NetworkInterfaces", efa_interfaces(group, cards))
         # OS-bypass traffic needs all traffic in from and out to the group itself (EC2 User Guide, "Create and
         # attach an Elastic Fabric Adapter" and "Prepare an EFA-enabled security group"). The group's
         # allow-all-outbound rule is an IP rule; AWS asks for the self-referencing one explicitly.
@@ -111,3 +132,22 @@ class AcceleratorCluster(Construct):
                                    destination_security_group_id=group.security_group_id,
                                    description="EFA: all traffic to this group (OS-bypass)")
 
+
+
+def efa_interfaces(group: ec2.ISecurityGroup, cards: int) -> list[dict[str, object]]:
+    own = [group.security_group_id]
+    interfaces: list[dict[str, object]] = [
+        {"DeviceIndex": 0, "NetworkCardIndex": 0, "InterfaceType": "interface", "Groups": own},
+        {"DeviceIndex": 1, "NetworkCardIndex": 0, "InterfaceType": "efa-only", "Groups": own}]
+    interfaces += [{"DeviceIndex": 0, "NetworkCardIndex": card, "InterfaceType": "efa-only", "Groups": own}
+                   for card in range(1, cards)]
+    return interfaces
+
+
+def warm_lane_group_name(group_name: str) -> str:
+    """The lane's group: the GPU group's name with -warm (the rebalancer's settings and IAM use the same)."""
+    return f"{group_name}-warm"
+
+
+def warm_lane_launch_hook(group_name: str) -> str:
+    return f"{warm_lane_group_name(group_name)}-prepare"

@@ -31,13 +31,15 @@ class CapacityEvents(Construct):
     rules: dict[str, events.Rule]
 
     def __init__(self, scope: Construct, id_: str, *, deployment: str, region: str, state: StateTable,
-                 groups: dict[str, str], capacity_block_id: str | None, block_instance_type: str | None) -> None:
-        """`groups` maps pool -> Auto Scaling group name."""
+                 groups: dict[str, str], capacity_block_id: str | None, block_instance_type: str | None,
+                 lanes: dict[str, str] | None = None) -> None:
+        """`groups` maps pool -> Auto Scaling group name; `lanes` a pool's further groups (name -> pool)."""
         super().__init__(scope, id_)
         stack = Stack.of(self)
+        lanes = lanes or {}
         settings = {"deployment": deployment, "region": region, "table_name": state.table.table_name,
                     "groups": groups, "capacity_block_id": capacity_block_id, "block_pool": "gpu",
-                    "block_instance_type": block_instance_type}
+                    "block_instance_type": block_instance_type, **({"lanes": lanes} if lanes else {})}
         controller = controller_function(
             self, handler="crossfleet_control.handlers.capacity_events.handler",
             description=f"crossfleet capacity events for {deployment} in {region}: breakers per offering",
@@ -52,7 +54,7 @@ class CapacityEvents(Construct):
         patterns = {
             "LaunchResults": events.EventPattern(
                 source=["aws.autoscaling"], detail_type=[LAUNCH_UNSUCCESSFUL, LAUNCH_SUCCESSFUL],
-                detail={"AutoScalingGroupName": sorted(groups.values())}),
+                detail={"AutoScalingGroupName": sorted([*groups.values(), *lanes])}),
             # EventBridge cannot match on the instance's tags: the Lambda drops other deployments' instances.
             "SpotNotices": events.EventPattern(source=["aws.ec2"], detail_type=[SPOT_WARNING, REBALANCE]),
         }

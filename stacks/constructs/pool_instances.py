@@ -47,8 +47,23 @@ def pool_instances(scope: Construct, *, vpc: ec2.IVpc, pool: str, machine_image:
     security_group = ec2.SecurityGroup(scope, "InstanceSecurityGroup", vpc=vpc, allow_all_outbound=False,
                                        description=f"crossfleet {pool} pool instances (no inbound)")
     security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS to AWS APIs and endpoints")
-    launch_template = ec2.LaunchTemplate(
-        scope, "LaunchTemplate",
+    launch_template = hardened_launch_template(
+        scope, "LaunchTemplate", machine_image=machine_image, instance_type=instance_type, role=role,
+        security_group=security_group, user_data=user_data, root_volume_gib=root_volume_gib,
+        placement_group=placement_group)
+    return PoolInstances(role=role, security_group=security_group, launch_template=launch_template)
+
+
+def hardened_launch_template(scope: Construct, id_: str, *, machine_image: ec2.IMachineImage,
+                             instance_type: ec2.InstanceType | None, role: iam.IRole,
+                             security_group: ec2.ISecurityGroup, user_data: ec2.UserData, root_volume_gib: int,
+                             placement_group: ec2.PlacementGroup | None = None) -> ec2.LaunchTemplate:
+    """IMDSv2 only (hop limit 1), no public address, an encrypted gp3 EBS root volume.
+
+    The EBS root is also what a warm pool needs: only an instance with an EBS root device can be stopped
+    (EC2 Auto Scaling User Guide, "Warm pools for Amazon EC2 Auto Scaling", Limitations)."""
+    return ec2.LaunchTemplate(
+        scope, id_,
         machine_image=machine_image,
         instance_type=instance_type,
         role=role,
@@ -62,7 +77,6 @@ def pool_instances(scope: Construct, *, vpc: ec2.IVpc, pool: str, machine_image:
             root_volume_gib, volume_type=ec2.EbsDeviceVolumeType.GP3, encrypted=True,
             delete_on_termination=True))],
     )
-    return PoolInstances(role=role, security_group=security_group, launch_template=launch_template)
 
 
 def prioritized_mixed_policy(launch_template: ec2.LaunchTemplate, instance_types: tuple[str, ...], *,

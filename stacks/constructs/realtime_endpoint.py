@@ -39,7 +39,9 @@ class RealtimeEndpoint(Construct):
                  instance_security_groups: Mapping[str, ec2.ISecurityGroup],
                  servers: Mapping[str, ModelServerConfig], retain_on_delete: bool,
                  server_access_logs: s3.IBucket, vpc_cidr: str,
-                 deregistration_seconds: Mapping[str, int] | None = None) -> None:
+                 deregistration_seconds: Mapping[str, int] | None = None,
+                 extra_groups: Mapping[str, list[autoscaling.AutoScalingGroup]] | None = None) -> None:
+        """`extra_groups`: more groups serving a pool (the GPU pool's warm lane), attached to its target group."""
         super().__init__(scope, id_)
         self.config = config
         deregistration_seconds = deregistration_seconds or {pool: STREAM_SECONDS for pool in servers}
@@ -85,6 +87,8 @@ class RealtimeEndpoint(Construct):
                 # in flight is released at once, so the long delay costs only while streams are running.
                 deregistration_delay=Duration.seconds(deregistration_seconds[pool]))
             groups[pool].attach_to_application_target_group(group)
+            for extra in (extra_groups or {}).get(pool, []):
+                extra.attach_to_application_target_group(group)
             # Only the load balancer reaches the model server port, and only from its own security group.
             instance_security_groups[pool].add_ingress_rule(
                 security_group, ec2.Port.tcp(server.port), f"model server ({pool}) from the endpoint")
@@ -112,8 +116,11 @@ class RealtimeEndpoint(Construct):
         return f"https://{self.load_balancer.load_balancer_dns_name}"
 
 
-def model_server_commands(server: ModelServerConfig, *, gpu: bool) -> list[str]:
-    """User-data lines that run the pool's model server as a systemd unit (restarted if it dies)."""
+def model_server_commands(server: ModelServerConfig, *, gpu: bool, start: bool = True) -> list[str]:
+    """User-data lines that run the pool's model server as a systemd unit (restarted if it dies).
+
+    start False (a warm-lane instance): installed, neither started nor enabled; the lane's boot gate starts it
+    when the instance goes in service."""
     args = " ".join(server.container_args())
     gpus = "--gpus all " if gpu else ""
     return [
@@ -138,5 +145,5 @@ def model_server_commands(server: ModelServerConfig, *, gpu: bool) -> list[str]:
         "CROSSFLEET_UNIT",
         "install -d -m 0755 /opt/crossfleet/models",
         "systemctl daemon-reload",
-        "systemctl enable --now crossfleet-model-server",
+        *(["systemctl enable --now crossfleet-model-server"] if start else []),
     ]

@@ -34,6 +34,8 @@ class PoolGroup:
     on_demand_percentage: int  # configured share above base; 100 means no Spot
     launch_template: ec2.LaunchTemplate
     instance_role: iam.IRole
+    # (group name, max size) of the pool's warm lane, which the rebalancer fills first (GPU pool only).
+    warm_lane: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Rebalancer(Construct):
                 "accelerators": table[g.instance_types[0]].accelerator_count, "min_size": g.min_size,
                 "max_size": g.max_size, "instance_types": list(g.instance_types),
                 "on_demand_percentage": g.on_demand_percentage,
+                **({"warm_lane_group": g.warm_lane[0], "warm_lane_max": g.warm_lane[1]} if g.warm_lane else {}),
             } for pool, g in groups.items()},
             "policy": config.policy_fields(),
             "max_receive_count": max_receive_count,
@@ -115,12 +118,17 @@ class Rebalancer(Construct):
             service="autoscaling", resource="autoScalingGroup",
             resource_name=f"*:autoScalingGroupName/{g.group_name}", arn_format=ArnFormat.COLON_RESOURCE_NAME), stack)
             for g in groups.values()]
+        # The warm lanes the rebalancer fills first: desired capacity only (no market switch: a lane is On-Demand).
+        lane_arns = [Arn.format(ArnComponents(
+            service="autoscaling", resource="autoScalingGroup",
+            resource_name=f"*:autoScalingGroupName/{g.warm_lane[0]}", arn_format=ArnFormat.COLON_RESOURCE_NAME),
+            stack) for g in groups.values() if g.warm_lane]
         own_group = {"StringEquals": {f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment}}
         role.add_to_policy(iam.PolicyStatement(
             # Desired capacity has no IAM condition key: its ceiling is the group's MaxSize, which only the stack
             # sets (the Deny statements below keep the rebalancer from changing it).
             sid="SizeOnlyThisDeploymentsGroups", actions=["autoscaling:SetDesiredCapacity"],
-            resources=group_arns, conditions=own_group))
+            resources=group_arns + lane_arns, conditions=own_group))
         configured_types = sorted({t for g in groups.values() for t in g.instance_types})
         for (pool, group), group_arn in zip(groups.items(), group_arns, strict=True):
             role.add_to_policy(iam.PolicyStatement(

@@ -64,8 +64,13 @@ def worker_asset(scope: Construct) -> s3_assets.Asset:
     return s3_assets.Asset(scope, "WorkerAgentAsset", path=str(staged_worker_asset()))
 
 
-def worker_user_data(*, asset: s3_assets.Asset, settings: dict[str, Any]) -> ec2.UserData:
-    """Fetch and unpack the asset, write the settings file, run the installer (systemd unit)."""
+def worker_user_data(*, asset: s3_assets.Asset, settings: dict[str, Any],
+                     warm_lane: dict[str, Any] | None = None) -> ec2.UserData:
+    """Fetch and unpack the asset, write the settings file, run the installer (systemd unit).
+
+    `warm_lane` (region, group_name, launch_hook, units): a warm-lane instance. The installer then starts
+    nothing; the user data's last line (`warm_lane_boot_commands`, after every preparation step) enables
+    crossfleet-warm-lane.service, which starts the units only when the instance is going InService."""
     settings_json = Stack.of(asset).to_json_string(settings)
     user_data = ec2.UserData.for_linux()
     user_data.add_commands(
@@ -76,6 +81,21 @@ def worker_user_data(*, asset: s3_assets.Asset, settings: dict[str, Any]) -> ec2
         "cat > /etc/crossfleet/worker.json <<'CROSSFLEET_SETTINGS'",
         settings_json,
         "CROSSFLEET_SETTINGS",
-        "bash /opt/crossfleet/worker/install.sh",
+    )
+    if warm_lane is None:
+        user_data.add_commands("bash /opt/crossfleet/worker/install.sh")
+        return user_data
+    user_data.add_commands(
+        "cat > /etc/crossfleet/warm-lane.json <<'CROSSFLEET_WARM_LANE'",
+        Stack.of(asset).to_json_string(warm_lane),
+        "CROSSFLEET_WARM_LANE",
+        "CROSSFLEET_WARM_LANE=1 bash /opt/crossfleet/worker/install.sh",
     )
     return user_data
+
+
+def warm_lane_boot_commands(*, model_server_image: str | None) -> list[str]:
+    """The warm-lane user data's last lines: pull the model server's image onto the root volume now (that is
+    what the warm pool keeps), then run the boot gate, now and at every later boot."""
+    pull = [f"docker pull {model_server_image}"] if model_server_image else []
+    return [*pull, "systemctl enable --now crossfleet-warm-lane.service"]

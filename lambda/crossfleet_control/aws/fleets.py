@@ -22,20 +22,38 @@ class GroupTelemetry:
     on_demand_percentage: int | None = None  # None: not a mixed-instances group (or unknown)
 
 
+@dataclass(frozen=True)
+class WarmLane:
+    """A pool's second group with a warm pool (On-Demand, one type): filled first above the main group's
+    minimum, so a scale-out starts stopped, prepared instances before it launches new ones."""
+
+    group_name: str
+    max_size: int
+    main_min_size: int
+
+    def split(self, desired: int) -> tuple[int, int]:
+        """(main, lane) for a pool-wide desired capacity: the main group's minimum stays where it is (its
+        always-on floor, Spot where configured), the lane takes the next instances up to its max, the main
+        group the rest."""
+        lane = max(0, min(self.max_size, desired - self.main_min_size))
+        return desired - lane, lane
+
+
 @dataclass
 class AutoScalingFleets:
     client: Any
     group_names: Mapping[str, str]
     on_error: ErrorSink
     failure_window_seconds: float = 900.0
+    lanes: Mapping[str, WarmLane] = field(default_factory=dict)
     _mixed_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def telemetry(self) -> dict[str, GroupTelemetry]:
         unknown = GroupTelemetry(None, None, None, None, None, None)
         result = {pool: unknown for pool in self.group_names}
+        names = [*self.group_names.values(), *(lane.group_name for lane in self.lanes.values())]
         try:
-            groups = self.client.describe_auto_scaling_groups(
-                AutoScalingGroupNames=list(self.group_names.values()))["AutoScalingGroups"]
+            groups = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=names)["AutoScalingGroups"]
         except AwsError as error:
             self.on_error("autoscaling.describe_auto_scaling_groups", error)
             return result
@@ -52,8 +70,19 @@ class AutoScalingFleets:
             if mixed:
                 self._mixed_policies[pool] = mixed
                 percentage = mixed.get("InstancesDistribution", {}).get("OnDemandPercentageAboveBaseCapacity", 100)
+            desired = group["DesiredCapacity"]
+            lane = self.lanes.get(pool)
+            lane_group = by_name.get(lane.group_name) if lane else None
+            if lane_group is not None:
+                # One pool, two groups: the policy sees their sum. The warm pool's own instances (Warmed:*) are
+                # not in the group's Instances (DescribeWarmPool lists them) and count for nothing here.
+                desired += lane_group["DesiredCapacity"]
+                states += [i.get("LifecycleState", "") for i in lane_group.get("Instances", [])]
+            elif lane is not None:
+                self.on_error("autoscaling.describe_auto_scaling_groups",
+                              LookupError(f"warm lane {lane.group_name} not found"))
             result[pool] = GroupTelemetry(
-                desired=group["DesiredCapacity"], in_service=sum(s == "InService" for s in states),
+                desired=desired, in_service=sum(s == "InService" for s in states),
                 pending=sum(s.startswith("Pending") for s in states), min_size=group["MinSize"],
                 max_size=group["MaxSize"], deployment_tag=tags.get(DEPLOYMENT_TAG), on_demand_percentage=percentage)
         return result
@@ -81,9 +110,14 @@ class AutoScalingFleets:
         """(failed, successful) launch activities of the last `failure_window_seconds`, from one call (the 20 most
         recent activities). A launch counts as successful when EC2 started the instance, whether or not it then
         became usable: the runaway guard compares these with what is in service (failure case 18)."""
+        lane = self.lanes.get(pool)
+        names = [self.group_names[pool], *([lane.group_name] if lane else [])]
+        activities: list[dict[str, Any]] = []
         try:
-            activities = self.client.describe_scaling_activities(
-                AutoScalingGroupName=self.group_names[pool], MaxRecords=20)["Activities"]
+            # The warm lane's launches and failures are the pool's too (one call per group).
+            for name in names:
+                activities += self.client.describe_scaling_activities(
+                    AutoScalingGroupName=name, MaxRecords=20)["Activities"]
         except AwsError as error:
             self.on_error(f"autoscaling.describe_scaling_activities[{pool}]", error)
             return None, None
@@ -94,6 +128,12 @@ class AutoScalingFleets:
         return failed, launched
 
     def set_desired(self, pool: str, desired: int) -> None:
+        lane = self.lanes.get(pool)
+        if lane is not None:
+            main, lane_desired = lane.split(desired)
+            self.client.set_desired_capacity(AutoScalingGroupName=lane.group_name, DesiredCapacity=lane_desired,
+                                             HonorCooldown=False)
+            desired = main
         self.client.set_desired_capacity(AutoScalingGroupName=self.group_names[pool], DesiredCapacity=desired,
                                          HonorCooldown=False)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -39,13 +39,17 @@ class EventSettings:
     capacity_block_id: str | None = None
     block_pool: str = "gpu"
     block_instance_type: str | None = None
+    # More groups of a pool (Auto Scaling group name -> pool): the GPU pool's warm lane, whose launches (and
+    # starts from the warm pool) fail for lack of capacity like the main group's.
+    lanes: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, text: str) -> EventSettings:
         return cls(**json.loads(text))
 
     def pool_of(self, group_name: str | None) -> str | None:
-        return next((pool for pool, name in self.groups.items() if name == group_name), None)
+        own = next((pool for pool, name in self.groups.items() if name == group_name), None)
+        return own if own is not None or group_name is None else self.lanes.get(group_name)
 
 
 @dataclass(frozen=True)

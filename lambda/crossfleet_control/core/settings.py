@@ -34,6 +34,10 @@ class PoolSettings:
     # Every type the group may launch, and its configured On-Demand share above base (100: no Spot).
     instance_types: tuple[str, ...] = ()
     on_demand_percentage: int = 100
+    # The pool's warm lane (GPU pool with accelerator_cluster.warm_pool): an On-Demand one-type group with a warm
+    # pool, filled first above the main group's minimum (crossfleet_control.aws.fleets). Counted in max_size.
+    warm_lane_group: str | None = None
+    warm_lane_max: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "instance_types", tuple(self.instance_types) or (self.instance_type,))

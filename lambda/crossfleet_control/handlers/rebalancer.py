@@ -10,7 +10,7 @@ from typing import Any
 from crossfleet_control.aws import logs
 from crossfleet_control.aws.controller_state import ControllerState
 from crossfleet_control.aws.endpoint import EndpointClient
-from crossfleet_control.aws.fleets import AutoScalingFleets
+from crossfleet_control.aws.fleets import AutoScalingFleets, WarmLane
 from crossfleet_control.aws.health_store import HealthStore
 from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.metrics import MetricsRecorder
@@ -43,7 +43,9 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
                          {p: s.queue_url for p, s in settings.pools.items()},
                          {p: s.dead_letter_url for p, s in settings.pools.items()}, on_error),
         fleets=AutoScalingFleets(session.client("autoscaling", config=config),
-                                 {p: s.group_name for p, s in settings.pools.items()}, on_error),
+                                 {p: s.group_name for p, s in settings.pools.items()}, on_error,
+                                 lanes={p: WarmLane(s.warm_lane_group, s.warm_lane_max, s.min_size)
+                                        for p, s in settings.pools.items() if s.warm_lane_group}),
         state=ControllerState(dynamodb, settings.table_name, settings.region),
         metrics=metrics,
         ledger=Ledger(dynamodb, settings.table_name),
