@@ -87,7 +87,10 @@ def simulate(scenario: Scenario, policy_name: str, *, arrivals: list[Arrival] | 
     controller.name = variant.label
     with no_cyclic_gc():  # the run and its summary: millions of acyclic objects (see stats.no_cyclic_gc)
         sim = Simulation(scenario, arrivals, controller, progress=progress,
-                         request_timeout_seconds=serving.request_timeout_seconds if serving else None).run()
+                         request_timeout_seconds=serving.request_timeout_seconds if serving else None)
+        if hasattr(controller, "bind"):  # a controller that reads the pools before the first request
+            controller.bind(sim)
+        sim.run()
         return summarize(scenario, variant.label, sim), sim
 
 
