@@ -35,7 +35,8 @@ from crossfleet_control.core.settings import pool_spec
 
 SPECS = {"cpu": pool_spec("cpu", "m9g.16xlarge", vcpus=64, accelerators=0, min_size=1, max_size=40),
          "gpu": pool_spec("gpu", "g6e.xlarge", vcpus=4, accelerators=1, min_size=0, max_size=40)}
-SETTINGS = ServingSettings(latency_slo_p99_seconds=2.0, max_weight_step=20, calm_cycles=3)
+# The closed loop below labels every request short (short_share 1: what the split sees at 100% GPU too).
+SETTINGS = ServingSettings(latency_slo_p99_seconds=2.0, max_weight_step=20, calm_cycles=3, short_share=1.0)
 
 telemetry = st.builds(TargetTelemetry, requests=st.floats(0, 50_000), p50_seconds=st.floats(0.01, 5),
                       p99_seconds=st.floats(0.01, 20), healthy_hosts=st.integers(0, 20).map(float))
