@@ -245,9 +245,10 @@ def demand_from(requests: Mapping[str, float], gpu_weight: int, settings: Servin
 def envelope(history: Sequence[Sequence[float]], now: float, current: Demand, window_seconds: float,
              max_rows: int = 120) -> tuple[Demand, tuple[tuple[float, float, float], ...]]:
     """The recent-peak envelope: the highest total rate within `window_seconds` (the current one included), in
-    the window's mix of classes (requests-weighted: a quiet period's mix is noise; and a peak of each class taken
-    from different periods would count traffic twice when the split moved), and the history to keep (rows inside the window, at most `max_rows`, the
-    newest). `history` holds (time, short, long) rows; rows from the state table come back as lists."""
+    the window's requests-weighted mix of classes (a quiet period's mix is noise, and a peak of each class taken
+    from different periods would count traffic twice when the split moved), and the history to keep (rows inside
+    the window, at most `max_rows`, the newest). `history` holds (time, short, long) rows; rows from the state
+    table come back as lists."""
     kept = [(float(t), float(s), float(lg)) for t, s, lg in history if 0 <= now - float(t) < window_seconds]
     rows = (*kept[-max(0, max_rows - 1):], (now, current.short, current.long)) if max_rows > 1 else \
         ((now, current.short, current.long),)
