@@ -276,3 +276,26 @@ def test_the_simulated_listener_sends_long_prompts_to_gpus_only_and_splits_short
     assert 0.25 < shares.count("gpu") / len(shares) < 0.35, "short requests split by the rule's weight"
     baseline = RequestCountTracking("serving-target-tracking", 0)
     assert baseline.route(record(1, 7000)) == "cpu", "a baseline's single weighted rule ignores the size"
+
+
+def test_on_the_realtime_scenario_graviton_serves_only_short_prompts_and_the_gpu_pool_waits_for_the_next_burst():
+    """The shipped `realtime` scenario (Azure code trace at 10x): no prompt over the size-class limit ever runs on
+    Graviton, and the GPU pool keeps the size a burst needed through the quiet minutes before the next one (the
+    trace has minutes without a request between bursts)."""
+    from pathlib import Path
+
+    from crossfleet.sim.run import simulate
+    from crossfleet.sim.scenario import load_scenario
+
+    scenario = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "realtime.json")
+    result, sim = simulate(scenario, "serving-crossfleet")
+    limit = sim.controller.short_limit
+    assert limit == 179
+    on_cpu = [r for r in sim.records if "cpu" in r.pools_run]
+    assert on_cpu and all(r.job.input_tokens <= limit for r in on_cpu)
+    # us-west-2 (no capacity event): the minutes 12-13 carry no request, yet most of the GPUs bought for minutes
+    # 9-11 are still in service for the burst at minute 14 (a few fewer when short requests moved to Graviton).
+    in_service = {s.at: s.in_service["us-west-2/gpu"] for s in sim.samples}
+    assert in_service[14 * 60.0] >= 0.8 * in_service[11 * 60.0], in_service
+    assert in_service[11 * 60.0] > 3 * 8, "well above the starting fleet of 8"
+    assert result["jobs_lost"] == 0
