@@ -83,11 +83,39 @@ def test_one_weighted_rule_splits_between_target_groups_bound_to_the_pools_group
         group = asg_for_pool(template, pool)
         assert [ref(arn) for arn in group["Properties"]["TargetGroupARNs"]] == [target_group], pool
 
-    _, rule = only(template, "AWS::ElasticLoadBalancingV2::ListenerRule")
+    _, rule = weighted_rule(template)
     (action,) = rule["Properties"]["Actions"]
     weights = {ref(t["TargetGroupArn"]): t["Weight"] for t in action["ForwardConfig"]["TargetGroups"]}
     assert weights == {expected["cpu"]: 30, expected["gpu"]: 70}, "the configured starting split"
     assert sum(weights.values()) == 100
+
+
+def weighted_rule(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The rule the rebalancer turns: the one whose forward names more than one target group."""
+    rules = resources_of_type(template, "AWS::ElasticLoadBalancingV2::ListenerRule")
+    (found,) = [(rid, r) for rid, r in rules.items()
+                if len(r["Properties"]["Actions"][0].get("ForwardConfig", {}).get("TargetGroups", [])) > 1]
+    return found
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_only_short_labelled_requests_meet_the_split_and_the_rest_go_to_gpus(realtime_app: SynthesizedApp,
+                                                                            region: str):
+    template = realtime_app.template_json(region)
+    rules = resources_of_type(template, "AWS::ElasticLoadBalancingV2::ListenerRule")
+    assert len(rules) == 2
+    weighted_id, weighted = weighted_rule(template)
+    (condition,) = weighted["Properties"]["Conditions"]
+    assert condition["Field"] == "http-header"
+    assert condition["HttpHeaderConfig"] == {"HttpHeaderName": "x-crossfleet-size", "Values": ["short"]}
+    (other,) = [r for rid, r in rules.items() if rid != weighted_id]
+    assert other["Properties"]["Priority"] > weighted["Properties"]["Priority"], "the header rule is tried first"
+    assert other["Properties"]["Conditions"] == [{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/*"]}}]
+    (action,) = other["Properties"]["Actions"]
+    groups = resources_of_type(template, "AWS::ElasticLoadBalancingV2::TargetGroup")
+    gpu_group = ref(action["TargetGroupArn"]) if "TargetGroupArn" in action else ref(
+        action["ForwardConfig"]["TargetGroups"][0]["TargetGroupArn"])
+    assert groups[gpu_group]["Properties"]["Port"] == 8000, "long and unlabelled requests: the GPU (vLLM) group"
 
 
 @pytest.mark.parametrize("region", REGIONS)
@@ -149,16 +177,33 @@ def test_default_configuration_has_no_endpoint(default_app: SynthesizedApp):
     ({"realtime": {"cpu_server": {"image": "llama; rm -rf /"}}},
      "realtime.cpu_server.image = 'llama; rm -rf /' is not allowed: a container image reference, e.g. "
      "registry/name:tag"),
+    ({"realtime": {"ttft_slo_ms": 10}},
+     "realtime.ttft_slo_ms = 10 is not allowed: a whole number at least 50 and at most 600000"),
+    ({"realtime": {"short_prompt_max_tokens": "short"}},
+     "realtime.short_prompt_max_tokens = 'short' is not allowed: a whole number"),
+    ({"realtime": {"forecast_window_seconds": -60}},
+     "realtime.forecast_window_seconds = -60 is not allowed: a whole number at least 0 and at most 86400"),
 ])
+
 def test_bad_realtime_settings_fail_with_one_message(raw: dict[str, Any], message: str):
     with pytest.raises(ConfigError) as error:
         parse_config(raw)
     assert str(error.value) == f"crossfleet config: {message}"
 
 
+def test_the_realtime_section_sets_the_rebalancers_serving_settings():
+    from crossfleet_control.core.serving import ServingSettings
+
+    config = parse_config({"realtime": {"ttft_slo_ms": 1500, "short_prompt_max_tokens": 128}}).realtime
+    settings = ServingSettings(**config.serving_settings())
+    assert settings.ttft_slo_seconds == 1.5 and settings.tpot_slo_seconds == 0.1
+    assert settings.short_prompt_max_tokens == 128 and settings.forecast_window_seconds == 900
+    assert settings.response_slo_seconds() == 1.5 + 0.1 * 252, "no latency_slo_p99_ms: the TTFT/TPOT mapping"
+
+
 def test_the_rebalancer_may_turn_only_this_endpoints_rule(realtime_app: SynthesizedApp):
     template = realtime_app.template_json("us-east-1")
-    rule_id, _ = only(template, "AWS::ElasticLoadBalancingV2::ListenerRule")
+    rule_id, _ = weighted_rule(template)
     statements = [s for policy in resources_of_type(template, "AWS::IAM::Policy").values()
                   for s in policy["Properties"]["PolicyDocument"]["Statement"]]
     elb = [s for s in statements if any(str(a).startswith("elasticloadbalancing:")
@@ -172,4 +217,4 @@ def test_the_rebalancer_may_turn_only_this_endpoints_rule(realtime_app: Synthesi
                  if "CROSSFLEET_SETTINGS" in json.dumps(f["Properties"].get("Environment", {}))
                  and "rebalancer" in f["Properties"].get("Handler", "")]
     settings = json.dumps(functions[0]["Properties"]["Environment"])
-    assert rule_id in settings and "latency_slo_p99_seconds" in settings
+    assert rule_id in settings and "ttft_slo_seconds" in settings and "forecast_window_seconds" in settings

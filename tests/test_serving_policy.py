@@ -3,14 +3,19 @@ GPU shortage moves traffic to Graviton and back."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossfleet_control.core.capacity_health import PROBING, SHORT, PoolHealth
 from crossfleet_control.core.serving import (
+    CPU_PREFILL_BUDGET,
+    LONG,
+    Demand,
     ServingMemory,
     ServingObservation,
     ServingOverride,
@@ -18,13 +23,20 @@ from crossfleet_control.core.serving import (
     TargetTelemetry,
     cheapest_split,
     decide,
+    demand_from,
+    envelope,
     requests_per_second_per_instance,
+    short_prompt_limit,
+    size_class,
+    ttft_concurrency,
 )
+from crossfleet_control.core.serving import SHORT as SHORT_PROMPT
 from crossfleet_control.core.settings import pool_spec
 
 SPECS = {"cpu": pool_spec("cpu", "m9g.16xlarge", vcpus=64, accelerators=0, min_size=1, max_size=40),
          "gpu": pool_spec("gpu", "g6e.xlarge", vcpus=4, accelerators=1, min_size=0, max_size=40)}
-SETTINGS = ServingSettings(latency_slo_p99_seconds=2.0, max_weight_step=20, calm_cycles=3)
+# The closed loop below labels every request short (short_share 1: what the split sees at 100% GPU too).
+SETTINGS = ServingSettings(latency_slo_p99_seconds=2.0, max_weight_step=20, calm_cycles=3, short_share=1.0)
 
 telemetry = st.builds(TargetTelemetry, requests=st.floats(0, 50_000), p50_seconds=st.floats(0.01, 5),
                       p99_seconds=st.floats(0.01, 20), healthy_hosts=st.integers(0, 20).map(float))
@@ -88,8 +100,8 @@ class Endpoint:
     def p99(self, pool: str, share: float) -> float | None:
         if share <= 0 or self.hosts[pool] <= 0:
             return None
-        load = self.rate * share / (self.hosts[pool] * requests_per_second_per_instance(SPECS[pool], SETTINGS)
-                                    / SETTINGS.target_utilization)
+        capacity = requests_per_second_per_instance(SPECS[pool], SETTINGS, short=True)  # all requests short here
+        load = self.rate * share / (self.hosts[pool] * capacity / SETTINGS.target_utilization)
         base = 0.2 if pool == "gpu" else 0.4  # Graviton serves a small model, slower per token
         return base / max(0.05, 1.0 - min(load, 0.95))
 
@@ -97,8 +109,8 @@ class Endpoint:
         share = {"cpu": (100 - self.gpu_weight) / 100, "gpu": self.gpu_weight / 100}
         observed = {pool: TargetTelemetry(self.rate * share[pool] * 60, None, self.p99(pool, share[pool]),
                                           self.hosts[pool]) for pool in ("cpu", "gpu")}
-        decision = decide(ServingObservation(self.gpu_weight, observed, {"gpu": self.gpu_health}), SPECS, SETTINGS,
-                          self.memory)
+        decision = decide(ServingObservation(self.gpu_weight, observed, {"gpu": self.gpu_health},
+                                             now=self.cycle * 60.0), SPECS, SETTINGS, self.memory)
         self.gpu_weight, self.memory = decision.gpu_weight, decision.memory
         self.history.append(self.gpu_weight)
         self.reasons.append(decision.reason)
@@ -176,3 +188,114 @@ def test_gpu_shortage_shifts_traffic_to_graviton_and_back_gradually():
     assert back[-1] == 100, back
     assert all(b - a <= SETTINGS.max_weight_step for a, b in pairwise(back)), "bounded steps back"
     assert reversals(back) == 0, back
+
+
+# -- Size classes, TTFT capacity and the recent-peak envelope ---------------------------------------------------
+
+def test_short_prompts_are_what_graviton_prefills_within_the_ttft_limit_with_every_stream_busy():
+    cpu = SPECS["cpu"].profile
+    limit = short_prompt_limit(cpu, SETTINGS)
+    assert limit == 179, "m9g.16xlarge: 450 prompt tok/s / 4 streams x 2 s x 0.8"
+    prefill_seconds = limit / (cpu.prefill_tokens_per_second / cpu.streams)
+    assert prefill_seconds <= SETTINGS.ttft_slo_seconds * CPU_PREFILL_BUDGET + 1e-9
+    assert size_class(limit, limit) == SHORT_PROMPT and size_class(limit + 1, limit) == LONG
+    assert short_prompt_limit(cpu, ServingSettings(short_prompt_max_tokens=64)) == 64, "a configured limit wins"
+
+
+def test_gpu_capacity_keeps_the_long_prompt_within_ttft():
+    gpu = SPECS["gpu"].profile
+    assert ttft_concurrency(gpu, SETTINGS, 7436) == 2, "8,532 prompt tok/s x 2 s / 7,436 tokens"
+    assert ttft_concurrency(gpu, SETTINGS, 100) == gpu.streams, "never more than the replica's streams"
+    assert ttft_concurrency(gpu, SETTINGS, 10**6) == 1, "at least one request"
+    mean = requests_per_second_per_instance(SPECS["gpu"], SETTINGS, short=False)
+    short = requests_per_second_per_instance(SPECS["gpu"], SETTINGS, short=True)
+    assert 0 < mean < short, "a short request holds a GPU slot for less time than a mean-size one"
+
+
+def test_demand_by_class_from_target_group_counts():
+    # 40% GPU: Graviton's 60 requests a minute are 60% of the short ones.
+    demand = demand_from({"cpu": 60.0, "gpu": 160.0}, 40, SETTINGS)
+    assert demand.short == pytest.approx(100 / 60) and demand.long == pytest.approx((160 - 40) / 60)
+    # Everything on GPUs: the classes are told apart by the last known short fraction.
+    assert demand_from({"cpu": 0.0, "gpu": 600.0}, 100, SETTINGS, 0.25).short == pytest.approx(2.5)
+    assert demand_from({"cpu": 0.0, "gpu": 600.0}, 100, SETTINGS).short == pytest.approx(10 * SETTINGS.short_share)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rates=st.lists(st.tuples(st.floats(0, 500), st.floats(0, 500)), min_size=1, max_size=40),
+       window=st.floats(60, 3600))
+def test_envelope_never_below_any_rate_in_its_window_and_forgets_older_ones(rates, window):
+    history: tuple[tuple[float, float, float], ...] = ()
+    for i, (short, long) in enumerate(rates):
+        now = i * 60.0
+        peak, history = envelope(history, now, Demand(short, long), window, max_rows=100)
+        inside = [s + lg for j, (s, lg) in enumerate(rates[: i + 1]) if now - j * 60.0 < window]
+        assert peak.short + peak.long == pytest.approx(max(inside))
+        assert all(now - t < window for t, _, _ in history) and len(history) <= 100
+
+
+def test_gpu_capacity_bought_for_a_burst_is_held_for_the_window_then_released():
+    window = 600.0
+    config = ServingSettings(forecast_window_seconds=window, max_weight_step=20, calm_cycles=3)
+    memory = ServingMemory()
+    healthy = {"cpu": 2.0, "gpu": 20.0}
+    wanted = []
+    for minute, rate in enumerate([30.0] * 3 + [1.0] * 14):
+        observed = {"cpu": TargetTelemetry(0.0, None, 0.5, healthy["cpu"]),
+                    "gpu": TargetTelemetry(rate * 60, None, 0.5, healthy["gpu"])}
+        decision = decide(ServingObservation(100, observed, {}, now=minute * 60.0), SPECS, config, memory)
+        memory = decision.memory
+        wanted.append(decision.instances["gpu"])
+        assert "forecast" in decision.reason and "floor" in decision.reason
+    burst = wanted[2]
+    assert burst >= math.ceil(30.0 / requests_per_second_per_instance(SPECS["gpu"], config, short=False) * 0.8)
+    assert wanted[3:12] == [burst] * 9, f"held for the {window:.0f}s window: {wanted}"
+    assert wanted[-1] < burst, f"released once the burst left the window: {wanted}"
+
+
+def test_the_simulated_listener_sends_long_prompts_to_gpus_only_and_splits_short_ones_by_weight():
+    """serving-crossfleet's router plays the listener rules: `x-crossfleet-size: short` (a prompt within the
+    limit) meets the weighted rule; every other request the GPU target group alone. The baselines keep one
+    weighted rule for every request."""
+    from crossfleet.sim.engine import JobRecord
+    from crossfleet.sim.scenario import ServingScenario
+    from crossfleet.sim.serving_controllers import CrossfleetServing, RequestCountTracking, _route
+    from crossfleet_control.core.jobs import Job
+    from crossfleet_control.core.policy_types import PolicySettings
+
+    def record(i: int, prompt: int) -> JobRecord:
+        return JobRecord(Job(id=f"r{i}", job_class="inference", placement="either", preference="gpu",
+                             input_tokens=prompt, output_tokens=20, cpu_seconds=None, gpu_seconds=None,
+                             deadline_seconds=60.0, priority=5, submitted_at=0.0), "us-east-1", 0.0)
+
+    controller = CrossfleetServing(PolicySettings(), ServingScenario(None, 0, 20), 60.0)
+    controller.short_limit = 179
+    assert all(controller.route(record(i, 180)) == "gpu" for i in range(200)), "long prompts: GPUs only"
+    assert all(controller.route(record(i, 179)) == "cpu" for i in range(200)), "short at 0% GPU: Graviton"
+    shares = [_route(record(i, 100), 30, 179) for i in range(2000)]
+    assert 0.25 < shares.count("gpu") / len(shares) < 0.35, "short requests split by the rule's weight"
+    baseline = RequestCountTracking("serving-target-tracking", 0)
+    assert baseline.route(record(1, 7000)) == "cpu", "a baseline's single weighted rule ignores the size"
+
+
+def test_on_the_realtime_scenario_graviton_serves_only_short_prompts_and_the_gpu_pool_waits_for_the_next_burst():
+    """The shipped `realtime` scenario (Azure code trace at 10x): no prompt over the size-class limit ever runs on
+    Graviton, and the GPU pool keeps the size a burst needed through the quiet minutes before the next one (the
+    trace has minutes without a request between bursts)."""
+    from pathlib import Path
+
+    from crossfleet.sim.run import simulate
+    from crossfleet.sim.scenario import load_scenario
+
+    scenario = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "realtime.json")
+    result, sim = simulate(scenario, "serving-crossfleet")
+    limit = sim.controller.short_limit
+    assert limit == 179
+    on_cpu = [r for r in sim.records if "cpu" in r.pools_run]
+    assert on_cpu and all(r.job.input_tokens <= limit for r in on_cpu)
+    # us-west-2 (no capacity event): the minutes 12-13 carry no request, yet most of the GPUs bought for minutes
+    # 9-11 are still in service for the burst at minute 14 (a few fewer when short requests moved to Graviton).
+    in_service = {s.at: s.in_service["us-west-2/gpu"] for s in sim.samples}
+    assert in_service[14 * 60.0] >= 0.8 * in_service[11 * 60.0], in_service
+    assert in_service[11 * 60.0] > 3 * 8, "well above the starting fleet of 8"
+    assert result["jobs_lost"] == 0

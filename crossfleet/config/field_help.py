@@ -79,7 +79,12 @@ FIELD_HELP = {
     "realtime.enabled": "an internal HTTPS endpoint per region in front of both pools' model servers",
     "realtime.certificate_arns": "ACM certificate ARN per region for the TLS listener (required when enabled)",
     "realtime.allowed_cidrs": "client networks allowed to reach the endpoint (default: the VPC's CIDR)",
-    "realtime.latency_slo_p99_ms": "p99 response time the traffic split and both pools' sizes keep",
+    "realtime.latency_slo_p99_ms": "p99 response time the split's feedback keeps (default: TTFT + 252 tokens x TPOT)",
+    "realtime.ttft_slo_ms": "time to first token the pools are sized for (MLPerf server limit for Llama-3.1-8B)",
+    "realtime.tpot_slo_ms": "time per later output token (MLPerf server limit for Llama-3.1-8B)",
+    "realtime.short_prompt_max_tokens": "longest prompt clients label x-crossfleet-size: short (default: what "
+                                         "Graviton prefills within the TTFT limit)",
+    "realtime.forecast_window_seconds": "how long the GPU pool holds the recent peak request rate",
     "realtime.initial_gpu_weight": "share of requests (%) the GPU pool gets before the rebalancer's first change",
     "realtime.max_weight_step": "most the GPU share (%) changes per cycle",
     "realtime.cpu_server.kind": "Graviton model server: llama.cpp (its OpenAI-compatible server)",

@@ -36,11 +36,24 @@ class RealtimeConfig:
     enabled: bool
     certificate_arns: Mapping[str, str]
     allowed_cidrs: tuple[str, ...]
-    latency_slo_p99_ms: int
+    latency_slo_p99_ms: int | None  # None: the response p99 the TTFT and TPOT limits map to
     initial_gpu_weight: int
     max_weight_step: int
     cpu_server: ModelServerConfig
     gpu_server: ModelServerConfig
+    ttft_slo_ms: int = 2000
+    tpot_slo_ms: int = 100
+    # Longest prompt (tokens) clients label `x-crossfleet-size: short`; None: what the Graviton pool prefills
+    # within the TTFT limit (crossfleet_control.core.serving.short_prompt_limit).
+    short_prompt_max_tokens: int | None = None
+    forecast_window_seconds: int = 900
+
+    def serving_settings(self) -> dict[str, float | int | None]:
+        """The rebalancer's ServingSettings fields this section sets."""
+        return {"latency_slo_p99_seconds": None if self.latency_slo_p99_ms is None else self.latency_slo_p99_ms / 1000,
+                "max_weight_step": self.max_weight_step, "ttft_slo_seconds": self.ttft_slo_ms / 1000,
+                "tpot_slo_seconds": self.tpot_slo_ms / 1000, "short_prompt_max_tokens": self.short_prompt_max_tokens,
+                "forecast_window_seconds": float(self.forecast_window_seconds)}
 
 
 DEFAULT_SERVERS = {
@@ -91,7 +104,8 @@ def parse_realtime(raw: Any, regions: tuple[str, ...], account: str | None, *,
                    production: bool = False) -> RealtimeConfig:
     path = "realtime"
     s = p.section(raw, path, ("enabled", "certificate_arns", "allowed_cidrs", "latency_slo_p99_ms",
-                              "initial_gpu_weight", "max_weight_step", "cpu_server", "gpu_server"))
+                              "initial_gpu_weight", "max_weight_step", "cpu_server", "gpu_server", "ttft_slo_ms",
+                              "tpot_slo_ms", "short_prompt_max_tokens", "forecast_window_seconds"))
     enabled = p.boolean(s, path, "enabled", False)
     arns = s.get("certificate_arns", {})
     where = p.join(path, "certificate_arns")
@@ -117,7 +131,14 @@ def parse_realtime(raw: Any, regions: tuple[str, ...], account: str | None, *,
             raise ConfigError(p.join(p.join(path, "allowed_cidrs"), i), cidr, "an IPv4 CIDR such as 10.0.0.0/8")
     return RealtimeConfig(
         enabled=enabled, certificate_arns=dict(arns), allowed_cidrs=cidrs,
-        latency_slo_p99_ms=p.integer(s, path, "latency_slo_p99_ms", 2000, minimum=50, maximum=600_000),
+        latency_slo_p99_ms=(p.integer(s, path, "latency_slo_p99_ms", 2000, minimum=50, maximum=600_000)
+                            if s.get("latency_slo_p99_ms") is not None else None),
+        # MLPerf Inference's server limits for Llama-3.1-8B (mlcommons/inference loadgen/mlperf.conf).
+        ttft_slo_ms=p.integer(s, path, "ttft_slo_ms", 2000, minimum=50, maximum=600_000),
+        tpot_slo_ms=p.integer(s, path, "tpot_slo_ms", 100, minimum=1, maximum=60_000),
+        short_prompt_max_tokens=(p.integer(s, path, "short_prompt_max_tokens", 0, minimum=0, maximum=1_000_000)
+                                 if s.get("short_prompt_max_tokens") is not None else None),
+        forecast_window_seconds=p.integer(s, path, "forecast_window_seconds", 900, minimum=0, maximum=86_400),
         initial_gpu_weight=p.integer(s, path, "initial_gpu_weight", 50, minimum=0, maximum=100),
         max_weight_step=p.integer(s, path, "max_weight_step", 20, minimum=1, maximum=100),
         # Pins are required only where the servers run: with the endpoint enabled, in a production config.

@@ -99,7 +99,9 @@ class Event:
 
 @dataclass(frozen=True)
 class ServingScenario:
-    latency_slo_p99_seconds: float  # the deployment's setting, what serving-crossfleet steers by
+    # The deployment's response-time p99 for serving-crossfleet's feedback rules; None: the p99 its TTFT and
+    # TPOT limits map to (core/serving.py ServingSettings.response_slo_seconds).
+    latency_slo_p99_seconds: float | None
     initial_gpu_weight: int
     max_weight_step: int
     # How the benchmark measures serving: MLPerf Inference's server limits for Llama-3.1-8B (TTFT p99 2 s, TPOT
@@ -108,6 +110,7 @@ class ServingScenario:
     ttft_slo_seconds: float = 2.0
     tpot_slo_seconds: float = 0.1
     request_timeout_seconds: float = 60.0
+    forecast_window_seconds: float = 900.0  # serving-crossfleet: how long the recent-peak envelope holds a rate
 
 
 @dataclass(frozen=True)
@@ -178,13 +181,16 @@ def parse_scenario(raw: Any, *, base_dir: Path = Path("."), trace_override: str 
 
 def _serving(raw: Any) -> ServingScenario:
     s = p.section(raw, "serving", ("latency_slo_p99_seconds", "initial_gpu_weight", "max_weight_step",
-                                   "ttft_slo_seconds", "tpot_slo_seconds", "request_timeout_seconds"))
-    return ServingScenario(latency_slo_p99_seconds=_number(s, "serving", "latency_slo_p99_seconds", 30, 0.05, 3600),
+                                   "ttft_slo_seconds", "tpot_slo_seconds", "request_timeout_seconds",
+                                   "forecast_window_seconds"))
+    slo = _number(s, "serving", "latency_slo_p99_seconds", 0.05, 0.05, 3600) if "latency_slo_p99_seconds" in s else None
+    return ServingScenario(latency_slo_p99_seconds=slo,
                            initial_gpu_weight=p.integer(s, "serving", "initial_gpu_weight", 50, maximum=100),
                            max_weight_step=p.integer(s, "serving", "max_weight_step", 20, minimum=1, maximum=100),
                            ttft_slo_seconds=_number(s, "serving", "ttft_slo_seconds", 2.0, 0.01, 3600),
                            tpot_slo_seconds=_number(s, "serving", "tpot_slo_seconds", 0.1, 0.001, 60),
-                           request_timeout_seconds=_number(s, "serving", "request_timeout_seconds", 60, 0.1, 3600))
+                           request_timeout_seconds=_number(s, "serving", "request_timeout_seconds", 60, 0.1, 3600),
+                           forecast_window_seconds=_number(s, "serving", "forecast_window_seconds", 900, 0, 86400))
 
 
 def _number(raw: Any, path: str, key: str, default: float, low: float, high: float) -> float:

@@ -36,10 +36,16 @@ def _gpu_share(job_id: str, gpu_weight: int) -> str:
     return "gpu" if zlib.crc32(job_id.encode()) % 100 < gpu_weight else "cpu"
 
 
-def _route(record: JobRecord, gpu_weight: int) -> str:
+def _route(record: JobRecord, gpu_weight: int, short_limit: int | None = None) -> str:
+    """The listener's rules. With a size-class limit (serving-crossfleet's endpoint), a request's
+    `x-crossfleet-size` header is what its client derives from the prompt length: only `short` requests reach the
+    weighted rule, every other request the GPU target group alone. Without one (the baselines), one weighted rule
+    takes every request."""
     if record.job.placement == "cpu_only":
         return "cpu"
     if record.job.placement == "gpu_only":
+        return "gpu"
+    if short_limit is not None and serving.size_class(record.job.input_tokens, short_limit) != serving.SHORT:
         return "gpu"
     return _gpu_share(record.job.id, gpu_weight)
 
@@ -51,15 +57,24 @@ class CrossfleetServing(CrossfleetPolicy):
         super().__init__(settings)
         self.serving = ServingSettings(latency_slo_p99_seconds=scenario.latency_slo_p99_seconds,
                                        max_weight_step=scenario.max_weight_step, target_utilization=TARGET_UTILIZATION,
-                                       period_seconds=period_seconds)
+                                       period_seconds=period_seconds, ttft_slo_seconds=scenario.ttft_slo_seconds,
+                                       tpot_slo_seconds=scenario.tpot_slo_seconds,
+                                       forecast_window_seconds=scenario.forecast_window_seconds)
+        self.short_limit: int | None = None
         self.initial = scenario.initial_gpu_weight
         self.gpu_weight: dict[str, int] = {}
         self.routed: dict[tuple[str, str], int] = {}
         self.outstanding: dict[tuple[str, str], list[JobRecord]] = {}
         self.weight_history: list[tuple[float, str, int]] = []
 
+    def bind(self, sim: Simulation) -> None:
+        """Before the first request: the size-class limit the clients label with (deployed, a setting they share
+        with the controller), from the Graviton pool's service model."""
+        cpu = next(iter(sim.pools.values()))["cpu"]
+        self.short_limit = serving.short_prompt_limit(cpu.spec.profile, self.serving)
+
     def route(self, record: JobRecord) -> str:
-        pool = _route(record, self.gpu_weight.get(record.region, self.initial))
+        pool = _route(record, self.gpu_weight.get(record.region, self.initial), self.short_limit)
         key = (record.region, pool)
         self.routed[key] = self.routed.get(key, 0) + 1
         self.outstanding.setdefault(key, []).append(record)
@@ -87,7 +102,8 @@ class CrossfleetServing(CrossfleetPolicy):
         memory = self.memory.get(region, ControllerMemory())
         current = self.gpu_weight.get(region, self.initial)
         decision = serving.decide(ServingObservation(current, self._target_telemetry(now, region, pools),
-                                                     self.health[region]), specs, self.serving, memory.serving)
+                                                     self.health[region], now=now), specs, self.serving,
+                                  memory.serving)
         self.gpu_weight[region] = decision.gpu_weight if decision.gpu_weight is not None else current
         if decision.changed:
             self.weight_history.append((now, region, self.gpu_weight[region]))

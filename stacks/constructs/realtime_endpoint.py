@@ -1,9 +1,15 @@
 """The real-time inference path: one internal HTTPS endpoint in front of both pools' model servers.
 
-An internal Application Load Balancer (TLS at the listener, access logs to S3) forwards every request through one
-listener rule whose weighted forward action splits traffic between a target group per pool; each target group is
-bound to its pool's Auto Scaling group, so the instances the rebalancer sizes are the targets. The rebalancer owns
-the weights after deployment (the template's are the starting split).
+An internal Application Load Balancer (TLS at the listener, access logs to S3) with two listener rules, a target
+group per pool, each bound to its pool's Auto Scaling group (so the instances the rebalancer sizes are the targets):
+
+- priority 10, requests with `x-crossfleet-size: short` (a prompt Graviton prefills within the TTFT limit; the
+  client sets the header): a weighted forward that splits them between the pools. The rebalancer owns these
+  weights after deployment (the template's are the starting split).
+- priority 20, every other request (long prompts, unlabelled requests): the GPU target group alone.
+
+The load balancer routes only on what it sees (paths, headers, weights), so the prompt's size reaches it as the
+client's label; a client that does not label is served by the GPUs.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from crossfleet.config.realtime import ModelServerConfig, RealtimeConfig
+from crossfleet_control.core.serving import SHORT, SIZE_HEADER
 
 HTTPS_PORT = 443
 RULE_PRIORITY = 10
+GPU_RULE_PRIORITY = 20
 # How long a generation may stream: the listener's idle timeout, and each pool's deregistration delay (capped in
 # a Capacity Block group by the block's window: crossfleet.config.fleets.CAPACITY_BLOCK_DRAIN_SECONDS).
 STREAM_SECONDS = 900
@@ -30,7 +38,8 @@ class RealtimeEndpoint(Construct):
     config: RealtimeConfig
     load_balancer: elbv2.ApplicationLoadBalancer
     listener: elbv2.ApplicationListener
-    rule: elbv2.ApplicationListenerRule
+    rule: elbv2.ApplicationListenerRule  # the weighted rule for short requests (the rebalancer's)
+    gpu_rule: elbv2.ApplicationListenerRule  # everything else: GPUs only
     target_groups: dict[str, elbv2.ApplicationTargetGroup]
     access_logs: s3.Bucket
 
@@ -106,10 +115,15 @@ class RealtimeEndpoint(Construct):
         weights = {"cpu": 100 - gpu_weight, "gpu": gpu_weight}
         self.rule = elbv2.ApplicationListenerRule(
             self, "WeightedForward", listener=self.listener, priority=RULE_PRIORITY,
-            conditions=[elbv2.ListenerCondition.path_patterns(["/*"])],
+            conditions=[elbv2.ListenerCondition.http_header(SIZE_HEADER, [SHORT])],
             action=elbv2.ListenerAction.weighted_forward([
                 elbv2.WeightedTargetGroup(target_group=self.target_groups[pool], weight=weights[pool])
                 for pool in self.target_groups]))
+        # A long prompt takes seconds of Graviton prefill: whatever the split, it goes to the GPUs.
+        self.gpu_rule = elbv2.ApplicationListenerRule(
+            self, "LongToGpu", listener=self.listener, priority=GPU_RULE_PRIORITY,
+            conditions=[elbv2.ListenerCondition.path_patterns(["/*"])],
+            action=elbv2.ListenerAction.forward([self.target_groups["gpu"]]))
 
     @property
     def url(self) -> str:

@@ -89,8 +89,7 @@ class Rebalancer(Construct):
                 "load_balancer_full_name": endpoint.load_balancer.load_balancer_full_name,
                 "target_groups": {pool: {"arn": tg.target_group_arn, "full_name": tg.target_group_full_name}
                                   for pool, tg in endpoint.target_groups.items()},
-                "serving": {"latency_slo_p99_seconds": endpoint.config.latency_slo_p99_ms / 1000,
-                            "max_weight_step": endpoint.config.max_weight_step, "period_seconds": schedule_seconds},
+                "serving": {**endpoint.config.serving_settings(), "period_seconds": schedule_seconds},
             }
 
         controller = controller_function(

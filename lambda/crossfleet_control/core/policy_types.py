@@ -105,6 +105,9 @@ class ServingMemory:
 
     pending_cost_target: int | None = None
     calm: int = 0
+    # The endpoint's recent request rates, (time, short req/s, long req/s) per cycle within the forecast window:
+    # the recent-peak envelope the GPU pool is held at (core/serving.py).
+    recent: tuple[tuple[float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ def serve(deps: Dependencies, observation: Observation, specs: Mapping[str, Pool
     config = deps.settings.endpoint.serving
     telemetry = deps.endpoint.telemetry(observation.now, int(config.period_seconds))
     seen = ServingObservation(gpu_weight=deps.endpoint.gpu_weight(), telemetry=telemetry,
-                              health=observation.health, override=serving_override(observation.overrides))
+                              health=observation.health, override=serving_override(observation.overrides),
+                              now=observation.now)
     endpoint = serving.decide(seen, specs, config, memory.serving)
     return replace(observation, serving_instances=endpoint.instances), endpoint
 
