@@ -108,7 +108,8 @@ class CrossfleetServing(CrossfleetPolicy):
         if decision.changed:
             self.weight_history.append((now, region, self.gpu_weight[region]))
         # As deployed: SQS holds no real-time requests, so the pools are sized by the endpoint's instances alone.
-        telemetry = {name: replace(pool.telemetry(now), visible=0, in_flight=0, oldest_age_seconds=None)
+        telemetry = {name: replace(pool.telemetry(now), visible=0, in_flight=0, oldest_age_seconds=None,
+                                   sent_recently=None)
                      for name, pool in pools.items()}
         observation = Observation(now=now, pools=telemetry, health=self.health[region], region=region,
                                   configured_regions=tuple(sim.pools), serving_instances=decision.instances)

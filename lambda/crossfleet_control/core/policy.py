@@ -331,8 +331,11 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
         why += f" + {serving} for the real-time endpoint"
     # Warm start: the pool keeps what its recent peak needed, ahead of the next burst (see `forecast`). The
     # envelope records the want before the floor, so the floor never feeds itself.
-    burst = burst_want(spec, telemetry, settings) + serving if name in FAILOVER_POOLS else 0
-    peaks = forecast.record(memory.peaks, observation.now, max(needed, needed_to_keep, burst),
+    # The envelope holds the queued work's want only: the endpoint's share already comes from the serving split's
+    # own recent-peak envelope of request rates (core/serving.py), and recording it here as well would hold the
+    # same burst twice.
+    burst = burst_want(spec, telemetry, settings) if name in FAILOVER_POOLS else 0
+    peaks = forecast.record(memory.peaks, observation.now, max(needed, needed_to_keep, burst + serving) - serving,
                             settings.forecast_window_seconds)
     forecast_settings = forecast.ForecastSettings(settings.forecast_window_seconds, settings.forecast_share)
     warm = forecast.floor(peaks, observation.now, forecast_settings, high)
@@ -340,12 +343,12 @@ def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Obse
                                                      observation.configured_regions, observation.now,
                                                      settings.stale_peer_seconds, settings.forecast_share)
                              if name in FAILOVER_POOLS else (0, ""))
-    if max(warm, for_peers) > 0 and warm + for_peers > max(needed, needed_to_keep):
-        warm = min(high, warm + for_peers)
+    if max(warm, for_peers) > 0 and warm + for_peers + serving > max(needed, needed_to_keep):
+        warm = min(high, warm + for_peers + serving)
         recent = forecast.peak(peaks, observation.now, settings.forecast_window_seconds)
         why += (f"; forecast: recent peak want {recent} (decaying over "
                 f"{settings.forecast_window_seconds / 60:.0f} min)" + (f" + {peer_notes}" if peer_notes else "")
-                + f", floor {warm}")
+                + (f" + {serving} for the endpoint" if serving else "") + f", floor {warm}")
         needed = needed_to_keep = warm
     age = telemetry.oldest_age_seconds
     if (age is not None and age > settings.target_wait_seconds and telemetry.visible > 0
