@@ -236,7 +236,11 @@ def test_jobs_flow_through_the_deployed_system(deployed: Deployed, tmp_path: Pat
         if not any([agent.poll_once(wait_seconds=0) for agent in agents]):
             break
 
-    for minute in range(1, 16):  # idle now: back to min after the scale-in delay
+    # Idle now: back to min once the warm-start forecast has let the burst go (its window) and the scale-in delay
+    # has passed after that.
+    policy_settings = settings.policy
+    idle_minutes = int((policy_settings.forecast_window_seconds + policy_settings.scale_in_delay_seconds) // 60) + 2
+    for minute in range(1, idle_minutes + 1):
         clock[0] += 60
         run_cycle(deps, {}, holder=f"tick-{minute}", remaining_ms=lambda: 50_000)
     assert desired() == {"cpu": settings.pools["cpu"].min_size, "gpu": settings.pools["gpu"].min_size}
