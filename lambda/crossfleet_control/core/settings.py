@@ -34,6 +34,9 @@ class PoolSettings:
     # Every type the group may launch, and its configured On-Demand share above base (100: no Spot).
     instance_types: tuple[str, ...] = ()
     on_demand_percentage: int = 100
+    # Price overrides from the deployment's config ($/hour per instance; None: the pinned price table).
+    on_demand_price_per_hour: float | None = None
+    spot_price_per_hour: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "instance_types", tuple(self.instance_types) or (self.instance_type,))
@@ -41,7 +44,9 @@ class PoolSettings:
     def spec(self, name: str) -> PoolSpec:
         return pool_spec(name, self.instance_type, vcpus=self.vcpus, accelerators=self.accelerators,
                          min_size=self.min_size, max_size=self.max_size, instance_types=self.instance_types,
-                         on_demand_percentage=self.on_demand_percentage)
+                         on_demand_percentage=self.on_demand_percentage,
+                         on_demand_price_per_hour=self.on_demand_price_per_hour,
+                         spot_price_per_hour=self.spot_price_per_hour)
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,15 @@ class PeerRegion:
 
 
 def pool_spec(name: str, instance_type: str, *, vcpus: int, accelerators: int, min_size: int,
-              max_size: int, instance_types: tuple[str, ...] = (), on_demand_percentage: int = 100) -> PoolSpec:
+              max_size: int, instance_types: tuple[str, ...] = (), on_demand_percentage: int = 100,
+              on_demand_price_per_hour: float | None = None, spot_price_per_hour: float | None = None) -> PoolSpec:
     """The policy's view of a pool; the Lambda and the simulator both build it here."""
     profile = profile_for(instance_type, vcpus=vcpus, accelerators=accelerators)
     return PoolSpec(name=name, min_size=min_size, max_size=max_size, profile=profile,
                     mean_job_seconds=profile.job_seconds(REFERENCE_JOB),
                     instance_types=tuple(instance_types) or (instance_type,),
-                    on_demand_percentage=on_demand_percentage)
+                    on_demand_percentage=on_demand_percentage,
+                    on_demand_price_per_hour=on_demand_price_per_hour, spot_price_per_hour=spot_price_per_hour)
 
 
 @dataclass(frozen=True)
