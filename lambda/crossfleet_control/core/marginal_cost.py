@@ -6,12 +6,12 @@ Pure (stdlib only). The router (first placement of an `either` job) and the reba
 - a free slot on an instance already in service costs nothing more: the instance is billed whether or not it works;
 - a slot on running (or already booting) capacity that reaches the job before its deadline costs the job's share
   of the instance's time (its seconds / the instance's streams, at the pool's current price);
-- when running capacity cannot reach the job in time and the pool may grow, a new instance: its boot plus the job,
-  at least EC2's 60 s minimum billing [A: Amazon EC2 On-Demand pricing, per-second billing with a one-minute
-  minimum], at the pool's price, shared by the queued jobs it would take (a new instance launched for a burst
-  serves the burst, not one job);
-- a pool that can neither reach the job in time nor grow (at its max, short of capacity, failing launches)
-  costs its queue: a job that would miss its deadline there costs infinity.
+- a pool with nothing running that may grow: a new instance, its boot plus the job, at least EC2's 60 s minimum
+  billing [A: Amazon EC2 On-Demand pricing, per-second billing with a one-minute minimum], at the pool's price,
+  shared by the queued jobs it would take (a new instance launched for a burst serves the burst, not one job);
+- a pool already running costs its queue on its running capacity, whether or not it may grow: a job that would
+  miss its deadline there costs infinity. (Counting the instances a busy pool might add let the router promise
+  burst work to Graviton instances the sizer then had to launch: on `steady` that cost 56% more for a lower SLO.)
 
 A job that would miss its deadline anywhere costs infinity everywhere; callers then leave it where it is.
 
@@ -83,6 +83,10 @@ class PoolView:
     # capacity is short. Work placed here beyond running capacity shares these.
     growth_instances: int
     extra_seconds: float = 0.0  # queued work beyond `visible` x mean (jobs moved in this cycle)
+    # Share of the slots the sizer means to fill (its target utilization): the rest is headroom it keeps for
+    # arrivals, paid for by keeping it empty. Filling it only makes the sizer add instances, so only slots
+    # below this share count as free.
+    fill_share: float = 1.0
 
     @property
     def slots(self) -> int:
@@ -90,7 +94,7 @@ class PoolView:
 
     @property
     def free_slots(self) -> int:
-        return max(0, self.slots - self.in_flight - self.visible)
+        return max(0, math.floor(self.slots * min(1.0, self.fill_share) + 1e-9) - self.in_flight - self.visible)
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,9 @@ def marginal_cost(job: Job, view: PoolView, now: float) -> MarginalCost:
                                                               * view.profile.streams)
             wait = min(wait, booting)
         candidates.append(MarginalCost(view.name, share, wait + seconds, "queue on running capacity"))
-    if view.growth_instances > 0:
+    if view.growth_instances > 0 and view.in_service + view.pending == 0:
+        # A pool with nothing running: this job pays for a new instance. (A pool already running is grown by the
+        # sizer from its queue; work placed there waits in that queue, priced above.)
         boot = view.profile.boot_seconds
         billed = max(MIN_BILLED_SECONDS, boot + seconds)
         # The jobs queued beyond the running slots would share the new instance, up to its streams.

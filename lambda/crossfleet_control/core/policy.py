@@ -76,7 +76,7 @@ class _PoolLoad:
     extra_seconds: float = 0.0
     price_per_hour: float = 0.0  # current effective $/hour per instance (marginal_cost.pool_price_per_hour)
 
-    def view(self, step: int) -> PoolView:
+    def view(self, step: int, fill_share: float = 1.0) -> PoolView:
         """This pool as placement by marginal cost sees it now (moves already chosen this cycle included)."""
         # Jobs moved in this cycle count in `visible` (and their extra length in `extra_seconds`).
         return PoolView(name=self.spec.name, profile=self.spec.profile, in_service=self.telemetry.in_service or 0,
@@ -85,7 +85,7 @@ class _PoolLoad:
                         mean_job_seconds=self.spec.mean_job_seconds, price_per_hour=self.price_per_hour,
                         growth_instances=(min(step, max(0, self.spec.max_size - (self.telemetry.desired or 0)))
                                           if self.can_add_capacity() else 0),
-                        extra_seconds=self.extra_seconds)
+                        extra_seconds=self.extra_seconds, fill_share=fill_share)
 
     def slot_cost_per_job(self) -> float:
         """$ of one typical job's share of an instance here: what work on running capacity costs."""
@@ -137,6 +137,13 @@ def _loads(observation: Observation, specs: Mapping[str, PoolSpec]) -> dict[str,
                                 health=observation.health_of(name),
                                 price_per_hour=pool_price_per_hour(spec, observation))
     return loads
+
+
+def pool_views(observation: Observation, specs: Mapping[str, PoolSpec],
+               settings: PolicySettings) -> dict[str, PoolView]:
+    """Each known pool as placement by marginal cost sees it (the router's input; moves build the same views)."""
+    return {name: load.view(settings.max_scale_up_step, settings.target_utilization)
+            for name, load in _loads(observation, specs).items()}
 
 
 MAX_PUBLISHED_WAIT_SECONDS = 86_400.0  # "no capacity at all" published as a day, not as infinity
@@ -247,7 +254,7 @@ def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settin
         moved = None
         if (job.placement == "either" and job.may_run_on(destination) and job.may_run_on(source)
                 and _movable(observation, source, destination) and source in loads and destination in loads):
-            moved = _within_region(job, source, destination, loads, observation.now, settings.max_scale_up_step)
+            moved = _within_region(job, source, destination, loads, observation.now, settings)
         if moved is None:
             target_pool = _failover_pool(job, source, loads, observation.now)
             if target_pool is not None:
@@ -292,9 +299,10 @@ def _across_regions(job: Job, source: str, destination: str, load: _PoolLoad, fa
 
 
 def _within_region(job: Job, source: str, destination: str, loads: dict[str, _PoolLoad], now: float,
-                   step: int) -> Move | None:
+                   settings: PolicySettings) -> Move | None:
     """Within the region: the other pool when serving the job on time costs clearly less there."""
-    views = {source: loads[source].view(step), destination: loads[destination].view(step)}
+    step, fill = settings.max_scale_up_step, settings.target_utilization
+    views = {source: loads[source].view(step, fill), destination: loads[destination].view(step, fill)}
     best, costs = cheapest(job, views, now, incumbent=source)
     if best != destination:
         return None
