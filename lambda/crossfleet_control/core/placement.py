@@ -55,8 +55,8 @@ def _router_may_compare(job: Job, preferred: PoolView, now: float) -> bool:
     """The router compares pools only where its view cannot be stale in a way that matters: the job cannot finish
     on its preferred pool in time even on a free slot (a 70B model on Graviton), or the preferred pool has
     nothing running or booting and may launch (a trickle while the GPUs are at zero: a new instance's boot and
-    minimum billing against a slot already running elsewhere). Load-driven diversions are the rebalancer's: it reads fresh
-    telemetry every cycle and moves within a budget. Routing every arrival on a view up to a cycle old sent
+    minimum billing against a slot already running elsewhere). Load-driven diversions are the rebalancer's: it
+    reads fresh telemetry every cycle and moves within a budget. Routing every arrival on a view up to a cycle old sent
     bursts to Graviton on `steady` (27% more cost, SLO 0.954 against 0.975)."""
     too_long = job_seconds(preferred.profile, job) > job.deadline_at() - now
     # An empty pool that cannot grow is short or failing: failover and the rebalancer handle that (another
