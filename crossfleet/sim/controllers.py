@@ -42,8 +42,12 @@ class CrossfleetPolicy:
 
     name = "crossfleet"
 
-    def __init__(self, settings: PolicySettings, *, failover: bool = True, capacity_health: bool = True) -> None:
+    def __init__(self, settings: PolicySettings, *, failover: bool = True, capacity_health: bool = True,
+                 cost_placement: bool = True) -> None:
         self.settings = settings
+        # `cost_placement=False`: the router places every `either` job on its preferred pool (the router before
+        # placement by marginal cost); the rebalancer's moves are unchanged.
+        self.cost_placement = cost_placement
         # Ablation switches, each a deployment-level input to the unchanged policy: `failover=False` is a
         # single-region deployment (no peers configured, nothing published); `capacity_health=False` never tells
         # the breakers about failed launches (every pool always looks healthy).
@@ -68,7 +72,7 @@ class CrossfleetPolicy:
             view = self._routing[record.region] = self._routing_view(record.region)
         job = record.job
         views = None
-        if job.placement == "either" and self._sim is not None:
+        if job.placement == "either" and self._sim is not None and self.cost_placement:
             views = self._views.get(record.region)
             if views is None:
                 views = self._views[record.region] = self._pool_views(record.region)
@@ -79,6 +83,10 @@ class CrossfleetPolicy:
                 placed, visible=placed.visible + 1,
                 extra_seconds=placed.extra_seconds + job_seconds(placed.profile, job) - placed.mean_job_seconds)
         return (target, pool) if target is not None else pool
+
+    def attach(self, sim: Simulation) -> None:
+        """The router reads the pools from the first arrival on (before the first control step too)."""
+        self._sim = sim
 
     def _observation(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> Observation:
         """What the Lambda reads in one region: telemetry, capacity health, peers, and each pool's current price
@@ -221,9 +229,11 @@ POLICIES = ("crossfleet", "gpu-only", "cpu-only", "static-split", "target-tracki
 
 
 def make_controller(name: str, settings: PolicySettings, *, target_wait_seconds: float | None = None,
-                    failover: bool = True, capacity_health: bool = True) -> CrossfleetPolicy | TargetTracking:
+                    failover: bool = True, capacity_health: bool = True,
+                    cost_placement: bool = True) -> CrossfleetPolicy | TargetTracking:
     if name == "crossfleet":
-        return CrossfleetPolicy(settings, failover=failover, capacity_health=capacity_health)
+        return CrossfleetPolicy(settings, failover=failover, capacity_health=capacity_health,
+                                cost_placement=cost_placement)
     routers = {"gpu-only": _gpu_first, "cpu-only": _cpu_first, "static-split": _split,
                "target-tracking": _preferred}
     if name not in routers:

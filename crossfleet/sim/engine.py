@@ -368,6 +368,9 @@ class Simulation:
                 pool.desired = config.start
                 self.pools[region][name] = pool
         self.all_pools = [pool for pools in self.pools.values() for pool in pools.values()]
+        attach = getattr(controller, "attach", None)
+        if attach is not None:  # a controller whose router reads the pools from the first arrival on
+            attach(self)
         self.records: list[JobRecord] = []
         self.samples: list[StepSample] = []
         self.moves = 0

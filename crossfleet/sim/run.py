@@ -39,7 +39,9 @@ UTILIZATION_KNOBS = (0.4, 0.55, 0.7, 0.85, 1.0)
 # knobs; the switches are deployment inputs (a single-region config; breakers never told of failed launches).
 ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no-moves": ({"move_budget": 0}, {}),  # no moves between pools (nor failover of queued GPU work)
-    "no-failover": ({}, {"failover": False}),  # each region alone: no cross-region placement or moves
+    "no-failover": ({}, {"failover": False}),
+    # The router places every `either` job on its preferred pool (no placement by marginal cost at routing).
+    "no-cost-placement": ({}, {"cost_placement": False}),  # each region alone: no cross-region placement or moves
     # Size on the queue alone: occupancy / utilization -> ~0 (busy instances are still kept).
     "no-occupancy-sizing": ({"target_utilization": 1e9}, {}),
     "no-capacity-health": ({}, {"capacity_health": False}),  # failed launches never open a breaker

@@ -114,6 +114,11 @@ class MarginalCost:
         return f"{self.pool} {cost} ({self.basis}, finish {finish})"
 
 
+def share_usd(job: Job, view: PoolView) -> float:
+    """The job's share of a running instance here: its seconds on one of the instance's streams, at the price."""
+    return view.price_per_hour / 3600.0 * job_seconds(view.profile, job) / view.profile.streams
+
+
 def _work_ahead(view: PoolView, slots: int) -> float:
     """Slot-seconds of queued work ahead of a job queued now (this job's own slot included, as a typical job)."""
     free = slots - view.in_flight
@@ -137,7 +142,7 @@ def marginal_cost(job: Job, view: PoolView, now: float) -> MarginalCost:
     seconds = job_seconds(view.profile, job)
     remaining = job.deadline_at() - now
     per_second = view.price_per_hour / 3600.0
-    share = per_second * seconds / view.profile.streams
+    share = share_usd(job, view)
     candidates: list[MarginalCost] = []
     if view.in_service > 0 and view.free_slots > 0:
         candidates.append(MarginalCost(view.name, 0.0, seconds, "idle paid slot"))

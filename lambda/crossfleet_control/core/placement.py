@@ -8,7 +8,15 @@ from typing import Any
 
 from crossfleet_control.core.capacity_health import SHORT, admits
 from crossfleet_control.core.jobs import Job
-from crossfleet_control.core.marginal_cost import PoolView, cheapest, describe_costs, job_seconds
+from crossfleet_control.core.marginal_cost import (
+    SWITCH_MARGIN,
+    PoolView,
+    cheapest,
+    describe_costs,
+    job_seconds,
+    marginal_cost,
+    share_usd,
+)
 
 
 @dataclass(frozen=True)
@@ -43,11 +51,21 @@ def choose_pool(job: Job, health: Mapping[str, PoolHealth], views: Mapping[str, 
     mine = health.get(preferred, PoolHealth())
     if not admits(job.id, mine.admit) and health.get(other, PoolHealth()).accepting:
         return other, f"preferred {preferred} admitting {mine.admit:.0%} ({mine.reason})"
-    if views is not None and preferred in views and other in views and _router_may_compare(job, views[preferred],
-                                                                                         now):
-        best, costs = cheapest(job, {preferred: views[preferred], other: views[other]}, now, incumbent=preferred)
-        if best != preferred and health.get(best, PoolHealth()).accepting:
-            return best, describe_costs(costs)
+    if views is not None and preferred in views and other in views:
+        pair = {preferred: views[preferred], other: views[other]}
+        if _router_may_compare(job, views[preferred], now):
+            best, costs = cheapest(job, pair, now, incumbent=preferred)
+            if best != preferred and health.get(best, PoolHealth()).accepting:
+                return best, describe_costs(costs)
+        elif (views[other].in_service > 0 and health.get(other, PoolHealth()).accepting
+              and share_usd(job, views[other]) < share_usd(job, views[preferred]) * (1 - SWITCH_MARGIN)):
+            # Running capacity there serves this job for clearly less per job (an eval preferring Graviton while
+            # the GPUs run): the direction that cannot flood a slow pool from a stale view.
+            there = marginal_cost(job, views[other], now)
+            if there.on_time:
+                return other, (f"{describe_costs({p: marginal_cost(job, v, now) for p, v in pair.items()})}; "
+                               f"per job on running capacity {other} ${share_usd(job, views[other]):.5f} < "
+                               f"{preferred} ${share_usd(job, views[preferred]):.5f}")
     return preferred, f"preference {preferred}"
 
 
