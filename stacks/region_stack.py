@@ -111,13 +111,15 @@ class RegionStack(Stack):
         pool_groups = {
             "cpu": PoolGroup(group_names["cpu"], graviton.all_instance_types, graviton.min_size,
                              graviton.max_size, graviton.on_demand_percentage_above_base,
-                             self.graviton_fleet.instances.launch_template, self.graviton_fleet.instances.role),
+                             self.graviton_fleet.instances.launch_template, self.graviton_fleet.instances.role,
+                             graviton.on_demand_price_per_hour, graviton.spot_price_per_hour),
             "gpu": PoolGroup(group_names["gpu"],
                              accelerators.instance_types[:1] if pinned else accelerators.all_instance_types,
                              accelerators.min_size, accelerators.max_size,
                              0 if accelerators.spot else 100,
                              self.accelerator_cluster.instances.launch_template,
-                             self.accelerator_cluster.instances.role),
+                             self.accelerator_cluster.instances.role,
+                             accelerators.on_demand_price_per_hour, accelerators.spot_price_per_hour),
         }
         self.endpoint: RealtimeEndpoint | None = None
         if realtime.enabled:

@@ -34,6 +34,9 @@ class PoolGroup:
     on_demand_percentage: int  # configured share above base; 100 means no Spot
     launch_template: ec2.LaunchTemplate
     instance_role: iam.IRole
+    # The config's price overrides ($/hour per instance; None: the pinned price table).
+    on_demand_price_per_hour: float | None = None
+    spot_price_per_hour: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class Rebalancer(Construct):
                 "accelerators": table[g.instance_types[0]].accelerator_count, "min_size": g.min_size,
                 "max_size": g.max_size, "instance_types": list(g.instance_types),
                 "on_demand_percentage": g.on_demand_percentage,
+                **({"on_demand_price_per_hour": g.on_demand_price_per_hour}
+                   if g.on_demand_price_per_hour is not None else {}),
+                **({"spot_price_per_hour": g.spot_price_per_hour} if g.spot_price_per_hour is not None else {}),
             } for pool, g in groups.items()},
             "policy": config.policy_fields(),
             "max_receive_count": max_receive_count,

@@ -166,7 +166,8 @@ def marginal_cost(job: Job, view: PoolView, now: float) -> MarginalCost:
         # running and new slots: work placed beyond what the pool can add in time makes this late too.
         running = (view.in_service + view.pending) * view.profile.streams
         grown = running + view.growth_instances * view.profile.streams
-        left = max(0.0, _work_ahead(view, running) - running * boot)
+        ahead = max(0.0, _work_ahead(view, running) - view.mean_job_seconds)  # without this job's own
+        left = max(0.0, ahead - running * boot)
         finish = boot + left / grown + seconds
         candidates.append(MarginalCost(view.name, per_second * billed / sharers, finish,
                                        f"new instance (boot {boot:.0f}s, {billed:.0f}s billed / {sharers} jobs)"))
