@@ -274,3 +274,25 @@ def test_price_overrides_reach_the_policy_spec():
                             vcpus=192, accelerators=8, min_size=0, max_size=4, on_demand_percentage=0,
                             on_demand_price_per_hour=50.0, spot_price_per_hour=40.0)
     assert pool_price_per_hour(settings.spec("gpu"), Observation(NOW, {})) == 40.0
+
+
+def test_the_router_reads_the_views_the_rebalancer_recorded_through_dynamodb_numbers():
+    """The decision record carries the pool views to the Lambda router; DynamoDB hands numbers back as Decimal."""
+    from decimal import Decimal
+
+    from crossfleet_control.core.placement import views_from_record, views_to_record
+
+    views = {"cpu": view("cpu", in_service=1, in_flight=1), "gpu": view("gpu", in_service=0, growth=4)}
+
+    def as_dynamodb(value):
+        if isinstance(value, dict):
+            return {k: as_dynamodb(v) for k, v in value.items()}
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return Decimal(str(value))
+        return value
+
+    read = views_from_record({"placement_views": as_dynamodb(views_to_record(views))})
+    assert read == views
+    job = make_job(deadline_seconds=60, submitted_at=NOW)
+    assert choose_pool(job, {}, read, NOW)[0] == "cpu"
+    assert views_from_record({}) is None and views_from_record({"placement_views": {"cpu": {"x": 1}}}) is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from crossfleet_control.core.capacity_health import SHORT, admits
@@ -17,6 +17,7 @@ from crossfleet_control.core.marginal_cost import (
     marginal_cost,
     share_usd,
 )
+from crossfleet_control.core.service_model import InstanceProfile
 
 
 @dataclass(frozen=True)
@@ -134,3 +135,26 @@ def merge_health(*views: Mapping[str, PoolHealth]) -> dict[str, PoolHealth]:
                                           health.short or bool(known and known.short))
     return merged
 
+
+
+def views_to_record(views: Mapping[str, PoolView]) -> dict[str, Any]:
+    """The rebalancer's pool views as its decision record carries them to the router."""
+    return {pool: asdict(view) for pool, view in views.items()}
+
+
+def _typed(cls: Any, raw: Mapping[str, Any]) -> dict[str, Any]:
+    # DynamoDB returns every number as a Decimal: each field back to its declared type.
+    casts = {"int": int, "float": float, "bool": bool, "str": str}
+    return {f.name: casts[str(f.type)](raw[f.name]) for f in fields(cls) if f.name in raw and str(f.type) in casts}
+
+
+def views_from_record(record: Mapping[str, Any] | None) -> dict[str, PoolView] | None:
+    """The pool views the rebalancer last recorded (None when it recorded none: placement by preference)."""
+    raw = (record or {}).get("placement_views")
+    if not raw:
+        return None
+    try:
+        return {pool: PoolView(**{**_typed(PoolView, view), "profile": InstanceProfile(
+            **_typed(InstanceProfile, view["profile"]))}) for pool, view in raw.items()}
+    except (KeyError, TypeError, ValueError):
+        return None  # a record from another version: route by preference until the next cycle writes one
