@@ -100,13 +100,14 @@ def test_no_instance_serves_above_its_capacity():
     assert not violations, f"{len(violations)} intervals above capacity, worst {max(v[3] for v in violations):.2f}x"
 
 
-def shrunk(path: Path) -> dict:
-    """A shipped scenario at a tenth of its load, to see quickly whether its events change anything."""
+def shrunk(path: Path, share: float = 0.1) -> dict:
+    """A shipped scenario at a share of its load (a tenth by default), to see quickly whether its events change
+    anything."""
     raw = json.loads(path.read_text())
     raw["workload"]["inference_trace"]["path"] = str(TRACE)
-    raw["workload"]["inference_trace"]["rate_scale"] = 1
+    raw["workload"]["inference_trace"]["rate_scale"] = raw["workload"]["inference_trace"]["rate_scale"] * share
     for stream in raw["workload"].get("synthetic", []):
-        stream["rate_per_second"] = stream["rate_per_second"] / 10
+        stream["rate_per_second"] = stream["rate_per_second"] * share
     return raw
 
 
@@ -114,7 +115,9 @@ def shrunk(path: Path) -> dict:
 @pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.json")), ids=lambda p: p.stem)
 def test_every_shipped_scenarios_events_change_what_crossfleet_does(path: Path):
     """A scenario whose events change nothing crossfleet decides tests nothing (the old `price-change`)."""
-    raw = shrunk(path)
+    # A fifth of the load: at a tenth, crossfleet's fleets are one instance at the moments spot-wave strikes, and
+    # a 50% interruption of one instance reclaims none (round half to even), so the check saw no event at all.
+    raw = shrunk(path, share=0.2)
     if not raw.get("events") or raw.get("serving"):
         pytest.skip("no events, or a serving scenario (its own tests)")
     with_events, _ = simulate(parse_scenario(raw), "crossfleet")
