@@ -170,8 +170,8 @@ def test_bench_json_has_the_documented_stable_schema():
     assert knobs == sorted(knobs) and len(knobs) >= 4
     assert all({"knob", "cost_usd", "slo_attainment"} == set(p) for p in report["frontiers"]["gpu-only"])
     assert set(report["cost_vs_frontier"]) == {"gpu-only"}
-    assert set(report["ablations"]) == {"no-moves", "no-failover", "no-occupancy-sizing", "no-capacity-health",
-                                        "no-gradual-scale-in"}
+    assert set(report["ablations"]) == {"no-moves", "no-failover", "no-cost-placement", "no-occupancy-sizing",
+                                        "no-capacity-health", "no-gradual-scale-in"}
 
 
 def test_frontier_cost_is_interpolated_between_pareto_points_and_null_when_never_reached():
