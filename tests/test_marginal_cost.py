@@ -3,6 +3,7 @@ the cases the router and the rebalancer rely on."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -296,3 +297,16 @@ def test_the_router_reads_the_views_the_rebalancer_recorded_through_dynamodb_num
     job = make_job(deadline_seconds=60, submitted_at=NOW)
     assert choose_pool(job, {}, read, NOW)[0] == "cpu"
     assert views_from_record({}) is None and views_from_record({"placement_views": {"cpu": {"x": 1}}}) is None
+
+
+def test_the_synthesized_rebalancer_carries_the_configured_prices():
+    """The config's price overrides reach the Lambda's settings (and so its PoolSpec); unset, none is written."""
+    from tests.cdk_helpers import resources_of_type, synthesize
+
+    app = synthesize({"regions": ["us-east-1"], "accelerator_cluster": {"spot_price_per_hour": 21.5}}, nag=False)
+    template = app.template_json("us-east-1")
+    (function,) = [f for f in resources_of_type(template, "AWS::Lambda::Function").values()
+                   if f["Properties"].get("Handler") == "crossfleet_control.handlers.rebalancer.handler"]
+    settings = json.dumps(function["Properties"]["Environment"]["Variables"]["CROSSFLEET_SETTINGS"])
+    assert 'spot_price_per_hour\\":21.5' in settings
+    assert "on_demand_price_per_hour" not in settings
