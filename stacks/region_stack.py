@@ -138,13 +138,17 @@ class RegionStack(Stack):
         pool_groups = {
             "cpu": PoolGroup(group_names["cpu"], graviton.all_instance_types, graviton.min_size,
                              graviton.max_size, graviton.on_demand_percentage_above_base,
-                             self.graviton_fleet.instances.launch_template, self.graviton_fleet.instances.role),
+                             self.graviton_fleet.instances.launch_template, self.graviton_fleet.instances.role,
+                             on_demand_price_per_hour=graviton.on_demand_price_per_hour,
+                             spot_price_per_hour=graviton.spot_price_per_hour),
             "gpu": PoolGroup(group_names["gpu"],
                              accelerators.instance_types[:1] if pinned else accelerators.all_instance_types,
                              accelerators.min_size, accelerators.max_size,
                              0 if accelerators.spot else 100,
                              self.accelerator_cluster.instances.launch_template,
                              self.accelerator_cluster.instances.role,
+                             on_demand_price_per_hour=accelerators.on_demand_price_per_hour,
+                             spot_price_per_hour=accelerators.spot_price_per_hour,
                              warm_lane=(lane_name, warm_pool.max_prepared) if warm_pool is not None else None),
         }
         self.endpoint: RealtimeEndpoint | None = None

@@ -104,7 +104,8 @@ def test_no_instance_serves_above_its_capacity():
 @pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.json")), ids=lambda p: p.stem)
 def test_every_shipped_scenarios_events_change_what_crossfleet_does(path: Path):
     """A scenario whose events change nothing crossfleet decides tests nothing (the old `price-change`). At full
-    load: at a tenth of it, crossfleet's warm-start floor has room enough that a Spot wave changes nothing."""
+    load: at a tenth of it, crossfleet's warm-start floor has room enough that a Spot wave changes nothing, and
+    a 50% interruption of a one-instance pool reclaims none."""
     raw = json.loads(path.read_text())
     if "inference_trace" in raw["workload"]:
         raw["workload"]["inference_trace"]["path"] = str(TRACE)

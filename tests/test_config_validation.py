@@ -73,7 +73,7 @@ BAD_INPUTS = [
                  "crossfleet config: graviton_fleet.instance_typs = ['m9g.4xlarge'] is not allowed: unknown key; "
                  "did you mean 'instance_types'? known keys: instance_types, fallback_instance_types, min_size, "
                  "max_size, on_demand_base_capacity, on_demand_percentage_above_base, root_volume_gib, "
-                 "spot_allocation_strategy",
+                 "spot_allocation_strategy, on_demand_price_per_hour, spot_price_per_hour",
                  id="unknown-key-did-you-mean"),
     pytest.param({"regoins": ["us-east-1"]},
                  "crossfleet config: regoins = ['us-east-1'] is not allowed: unknown key; did you mean 'regions'? "

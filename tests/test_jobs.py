@@ -18,6 +18,14 @@ def test_valid_job_round_trips_through_its_message():
     assert job.deadline_at() == job.submitted_at + 120
 
 
+def test_model_size_round_trips_and_defaults_to_the_reference_model():
+    job = parse_job(job_message(model_params_billion=70))
+    assert job.model_params_billion == 70.0
+    assert parse_job(job.to_json()) == job
+    assert parse_job(job_message()).model_params_billion is None
+    assert "model_params_billion" not in parse_job(job_message()).to_message()
+
+
 def test_either_job_defaults_to_gpu_preference_and_may_run_anywhere():
     message = job_message()
     del message["preference"]
@@ -47,6 +55,9 @@ def test_iso_timestamp_is_accepted():
      "size: give input_tokens/output_tokens, or the cpu_seconds/gpu_seconds of every pool placement either allows"),
     (job_message(region="eu-west-1"), "region='eu-west-1': a US region pin"),
     (job_message(colour="blue"), "unknown field(s) colour"),
+    (job_message(model_params_billion=0), "model_params_billion=0: the model's size in billions of parameters"),
+    (job_message(model_params_billion="70B"), "model_params_billion='70B': the model's size in billions"),
+    (job_message(model_params_billion=True), "model_params_billion=True: the model's size in billions"),
     (job_message(payload={"s3_uri": "https://bucket/key"}), "payload.s3_uri='https://bucket/key': an s3://"),
 ])
 def test_invalid_jobs_are_rejected_with_a_reason(body, reason):

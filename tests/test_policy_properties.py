@@ -244,5 +244,11 @@ def test_idle_gpu_takes_waiting_cpu_work():
     jobs = [QueuedJob("cpu", make_job(id=f"c{i}", placement="either", preference="cpu", deadline_seconds=3600,
                                       submitted_at=NOW)) for i in range(100)]
     decision = policy.decide(observation, SPECS, SETTINGS, ControllerMemory(), jobs)
-    assert 0 < len(decision.moves) <= 64, "no more than the GPU's idle slots (2 instances x 32 streams)"
-    assert {m.reason for m in decision.moves} == {"idle_capacity"}
+    # The GPU's idle slots (2 instances x 32 streams; all 64 free, as the sizer keeps no occupancy margin by
+    # default) are already paid: they take the first 64 for nothing more; its running capacity then serves the
+    # rest well before their deadline for a fraction of a Graviton slot's cost (placement by marginal cost), so
+    # they move too, as "cheaper".
+    reasons = [m.reason for m in decision.moves]
+    free = int(64 * policy.fill_share(SETTINGS))
+    assert reasons[:free] == ["idle_capacity"] * free
+    assert set(reasons[free:]) <= {"cheaper"} and len(reasons) == 100

@@ -180,8 +180,12 @@ def test_api_calls_per_cycle_are_bounded_and_do_not_grow_with_the_queue(queued: 
         deps = region.deps()
         urls = {pool: s.queue_url for pool, s in region.settings.pools.items()}
         dead_letters = {s.dead_letter_url: 0 for s in region.settings.pools.values()}  # empty: one read each
-        fake = FakeSqs({urls["gpu"]: queued, urls["cpu"]: 0, **dead_letters}, submitted_at=time.time())
+        submitted = time.time()
+        fake = FakeSqs({urls["gpu"]: queued, urls["cpu"]: 0, **dead_letters}, submitted_at=submitted)
         deps.queues.client = fake
+        # The policy's clock a fixed second after submission: how many jobs still meet their deadline on the
+        # CPU (and so move) must not depend on how long this machine takes to build the fixture.
+        deps.clock = lambda: submitted + 1.0
         aws_calls = count_calls(deps.fleets.client, deps.state.client, deps.ages.client)
         result = run_cycle(deps, {}, holder="count", remaining_ms=lambda: 50_000)
         total = sum(aws_calls.values()) + sum(fake.calls.values())

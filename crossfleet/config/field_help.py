@@ -24,6 +24,9 @@ FIELD_HELP = {
     "graviton_fleet.root_volume_gib": "encrypted gp3 root volume size",
     "graviton_fleet.spot_allocation_strategy": "price-capacity-optimized (ignores the type order) or "
                                                "capacity-optimized-prioritized (follows it, best effort)",
+    "graviton_fleet.on_demand_price_per_hour": "$/hour of one instance of the first type On-Demand, for placement "
+                                                "by marginal cost (null: the pinned price table)",
+    "graviton_fleet.spot_price_per_hour": "$/hour of one instance of the first type on Spot (null: the price table)",
     "accelerator_cluster.kind": "nvidia (Deep Learning AMI) or neuron (Neuron AMI)",
     "accelerator_cluster.instance_types": "accelerated types in priority order",
     "accelerator_cluster.fallback_instance_types": "more accelerated types tried after those",
@@ -43,6 +46,10 @@ FIELD_HELP = {
                                      "weights (size: warm pool MinSize; max_prepared: the lane's in-service plus "
                                      "warm instances, default size; state: Stopped; instance_type: default the "
                                      "first type). Not with a reservation or block; see docs/aws-rules.md",
+    "accelerator_cluster.on_demand_price_per_hour": "$/hour of one instance of the first type On-Demand, for "
+                                                     "placement by marginal cost (null: the pinned price table)",
+    "accelerator_cluster.spot_price_per_hour": "$/hour of one instance of the first type on Spot (null: the price "
+                                               "table)",
     "queues.visibility_timeout_seconds": "a job's lease on its worker; heartbeats renew it",
     "queues.max_receive_count": "receives before SQS moves a message to the DLQ",
     "queues.retention_days": "how long a queued job waits before SQS drops it",

@@ -34,7 +34,7 @@ CAPACITY_BLOCK_DRAIN_SECONDS = 480
 
 GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_size",
                  "on_demand_base_capacity", "on_demand_percentage_above_base", "root_volume_gib",
-                 "spot_allocation_strategy")
+                 "spot_allocation_strategy", "on_demand_price_per_hour", "spot_price_per_hour")
 # EC2 Auto Scaling API reference, "InstancesDistribution" (SpotAllocationStrategy): price-capacity-optimized (AWS's
 # recommendation) picks the Spot pools least likely to be interrupted at the lowest price and ignores the
 # overrides' order; capacity-optimized-prioritized honours the order on a best-effort basis, capacity first.
@@ -43,7 +43,8 @@ GRAVITON_KEYS = ("instance_types", "fallback_instance_types", "min_size", "max_s
 SPOT_ALLOCATION_STRATEGIES = ("price-capacity-optimized", "capacity-optimized-prioritized")
 ACCELERATOR_KEYS = ("kind", "instance_types", "fallback_instance_types", "min_size", "max_size", "placement_group",
                     "efa", "spot", "capacity_reservation_id", "capacity_block_id", "root_volume_gib",
-                    "availability_zone", "warm_pool")
+                    "availability_zone", "warm_pool", "on_demand_price_per_hour",
+                    "spot_price_per_hour")
 WARM_POOL_KEYS = ("size", "max_prepared", "state", "instance_type")
 # Warm pool states crossfleet deploys. AWS offers Stopped, Running and Hibernated (EC2 Auto Scaling API reference,
 # "WarmPoolConfiguration"); Running costs as much as an in-service instance (raise min_size instead), and
@@ -68,6 +69,13 @@ class WarmPoolConfig:
     state: str = WARM_POOL_STATES[0]
 
 
+# Price overrides: $/hour for one instance of the pool's first type, for the rebalancer's placement by marginal
+# cost (a negotiated rate, a Savings Plan's effective rate, the Spot price you see). Unset: the pinned price table
+# (lambda/crossfleet_control/core/data/instance_profiles.json). The bound is far above any listed EC2 price
+# (p5en.48xlarge is about $63/hour), so a typo in cents or an extra digit is caught.
+MAX_PRICE_PER_HOUR = 1000.0
+
+
 @dataclass(frozen=True)
 class GravitonFleetConfig:
     instance_types: tuple[str, ...]
@@ -78,6 +86,8 @@ class GravitonFleetConfig:
     on_demand_percentage_above_base: int
     root_volume_gib: int
     spot_allocation_strategy: str = SPOT_ALLOCATION_STRATEGIES[0]
+    on_demand_price_per_hour: float | None = None
+    spot_price_per_hour: float | None = None
 
     @property
     def all_instance_types(self) -> tuple[str, ...]:
@@ -99,6 +109,8 @@ class AcceleratorClusterConfig:
     root_volume_gib: int
     availability_zone: str | None = None
     warm_pool: WarmPoolConfig | None = None
+    on_demand_price_per_hour: float | None = None
+    spot_price_per_hour: float | None = None
     # Derived, not a key: the AZs the group launches in. One when pinned (placement group, reservation, block or
     # availability_zone), else every configured AZ where the pinned table offers all of the group's types.
     zones: tuple[str, ...] = field(default=(), metadata={"derived": True})
@@ -221,7 +233,21 @@ def parse_graviton_fleet(s: Mapping[str, Any], path: str, region: str) -> Gravit
         root_volume_gib=p.integer(s, path, "root_volume_gib", 50, minimum=20, maximum=16384),
         spot_allocation_strategy=p.choice(s, path, "spot_allocation_strategy", SPOT_ALLOCATION_STRATEGIES[0],
                                           SPOT_ALLOCATION_STRATEGIES),
+        on_demand_price_per_hour=_price(s, path, "on_demand_price_per_hour"),
+        spot_price_per_hour=_price(s, path, "spot_price_per_hour"),
     )
+
+
+def _price(s: Mapping[str, Any], path: str, key: str) -> float | None:
+    """An optional $/hour override: a number above 0 and at most MAX_PRICE_PER_HOUR, or null."""
+    value = s.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_PRICE_PER_HOUR:
+        raise ConfigError(p.join(path, key), value,
+                          f"US dollars per instance-hour above 0 and at most {MAX_PRICE_PER_HOUR:.0f}, or null "
+                          "(the pinned price table)")
+    return float(value)
 
 
 def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str,
@@ -268,6 +294,8 @@ def parse_accelerator_cluster(s: Mapping[str, Any], path: str, region: str,
         capacity_block_id=block,
         root_volume_gib=p.integer(s, path, "root_volume_gib", 200, minimum=75, maximum=16384),
         availability_zone=s.get("availability_zone"), warm_pool=warm_pool, zones=zones,
+        on_demand_price_per_hour=_price(s, path, "on_demand_price_per_hour"),
+        spot_price_per_hour=_price(s, path, "spot_price_per_hour"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import zlib
@@ -20,6 +21,7 @@ from crossfleet_control.core.capacity_health import (
     pool_health,
 )
 from crossfleet_control.core.capacity_health import PoolHealth as CapacityHealth
+from crossfleet_control.core.marginal_cost import PoolView, job_seconds
 from crossfleet_control.core.placement import PoolHealth, place
 from crossfleet_control.core.policy_types import ControllerMemory, Observation, PolicySettings, QueuedJob
 
@@ -40,8 +42,12 @@ class CrossfleetPolicy:
 
     name = "crossfleet"
 
-    def __init__(self, settings: PolicySettings, *, failover: bool = True, capacity_health: bool = True) -> None:
+    def __init__(self, settings: PolicySettings, *, failover: bool = True, capacity_health: bool = True,
+                 cost_placement: bool = True) -> None:
         self.settings = settings
+        # `cost_placement=False`: the router places every `either` job on its preferred pool (the router before
+        # placement by marginal cost); the rebalancer's moves are unchanged.
+        self.cost_placement = cost_placement
         # Ablation switches, each a deployment-level input to the unchanged policy: `failover=False` is a
         # single-region deployment (no peers configured, nothing published); `capacity_health=False` never tells
         # the breakers about failed launches (every pool always looks healthy).
@@ -54,13 +60,48 @@ class CrossfleetPolicy:
         self.summaries: dict[str, RegionSummary] = {}
         self.now = 0.0
         self._routing: dict[str, tuple[dict[str, PoolHealth], tuple[str | None, str]]] = {}
+        # The router's view of each region's pools for placement by marginal cost: built from the pools at the
+        # first arrival after a control step, then each placed job joins the queue it went to (as a router
+        # counting its own sends would), so one step's arrivals do not all pile onto one pool's idle slots.
+        self._views: dict[str, dict[str, PoolView]] = {}
+        self._sim: Simulation | None = None
 
     def route(self, record: JobRecord) -> str | tuple[str, str]:
         view = self._routing.get(record.region)
         if view is None:
             view = self._routing[record.region] = self._routing_view(record.region)
-        target, pool, _ = place(record.job, *view)
+        job = record.job
+        views = None
+        if job.placement == "either" and self._sim is not None and self.cost_placement:
+            views = self._views.get(record.region)
+            if views is None:
+                views = self._views[record.region] = self._pool_views(record.region)
+        target, pool, _ = place(job, *view, views, record.arrived)
+        if views is not None and target is None and pool in views:
+            placed = views[pool]
+            views[pool] = dataclasses.replace(
+                placed, visible=placed.visible + 1,
+                extra_seconds=placed.extra_seconds + job_seconds(placed.profile, job) - placed.mean_job_seconds)
         return (target, pool) if target is not None else pool
+
+    def attach(self, sim: Simulation) -> None:
+        """The router reads the pools from the first arrival on (before the first control step too)."""
+        self._sim = sim
+
+    def _observation(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> Observation:
+        """What the Lambda reads in one region: telemetry, capacity health, peers, and each pool's current price
+        (deployed, the configured price; here, the scenario's prices over time, the same ones every policy pays)."""
+        return Observation(now=now, pools={name: pool.telemetry(now) for name, pool in pools.items()},
+                           health=self.health.get(region, {}), region=region,
+                           configured_regions=tuple(sim.pools) if self.failover else (region,),
+                           peers={r: s for r, s in self.summaries.items() if r != region},
+                           prices={name: pool.price_per_hour for name, pool in pools.items()})
+
+    def _pool_views(self, region: str) -> dict[str, PoolView]:
+        assert self._sim is not None
+        pools = self._sim.pools[region]
+        observation = self._observation(self.now, region, pools, self._sim)
+        return policy.pool_views(observation, {name: pool.spec for name, pool in pools.items()}, self.settings)
 
     def _routing_view(self, region: str) -> tuple[dict[str, PoolHealth], tuple[str | None, str]]:
         """The router's inputs for one region: its pools' health and the failover ranking of the others.
@@ -93,13 +134,12 @@ class CrossfleetPolicy:
 
     def control(self, now: float, region: str, pools: dict[str, Pool], sim: Simulation) -> None:
         self.now = now
+        self._sim = sim
         self._routing.clear()  # health, summaries and `now` change below: every region's routing view is stale
+        self._views.clear()
         self._signal(now, region, pools)
         specs = {name: pool.spec for name, pool in pools.items()}
-        telemetry = {name: pool.telemetry(now) for name, pool in pools.items()}
-        observation = Observation(now=now, pools=telemetry, health=self.health[region], region=region,
-                                  configured_regions=tuple(sim.pools) if self.failover else (region,),
-                                  peers={r: s for r, s in self.summaries.items() if r != region})
+        observation = self._observation(now, region, pools, sim)
         calls = IDLE_CYCLE_CALLS + len(sim.pools) - 1
         sampled: dict[str, list[JobRecord]] = {}
         for request in policy.plan_sampling(observation, specs, self.settings):
@@ -189,9 +229,11 @@ POLICIES = ("crossfleet", "gpu-only", "cpu-only", "static-split", "target-tracki
 
 
 def make_controller(name: str, settings: PolicySettings, *, target_wait_seconds: float | None = None,
-                    failover: bool = True, capacity_health: bool = True) -> CrossfleetPolicy | TargetTracking:
+                    failover: bool = True, capacity_health: bool = True,
+                    cost_placement: bool = True) -> CrossfleetPolicy | TargetTracking:
     if name == "crossfleet":
-        return CrossfleetPolicy(settings, failover=failover, capacity_health=capacity_health)
+        return CrossfleetPolicy(settings, failover=failover, capacity_health=capacity_health,
+                                cost_placement=cost_placement)
     routers = {"gpu-only": _gpu_first, "cpu-only": _cpu_first, "static-split": _split,
                "target-tracking": _preferred}
     if name not in routers:

@@ -174,6 +174,9 @@ class Pool:
     failed_launches: list[float] = field(default_factory=list)
     launched: list[float] = field(default_factory=list)  # successful launch times (the capacity signals' successes)
     price_factor: float = 1.0
+    # Price events on one market only (a Spot price spike leaves On-Demand alone): multiply that market's price.
+    spot_price_factor: float = 1.0
+    on_demand_price_factor: float = 1.0
     cost_usd: float = 0.0
     instance_seconds: float = 0.0
     request_timeout_seconds: float | None = None  # real-time: a request not started by then has failed
@@ -210,8 +213,8 @@ class Pool:
 
     @property
     def price_per_hour(self) -> float:
-        blended = (self.profile.on_demand_per_hour * (1 - self.config.spot_fraction)
-                   + self.profile.spot_per_hour * self.config.spot_fraction)
+        blended = (self.profile.on_demand_per_hour * self.on_demand_price_factor * (1 - self.config.spot_fraction)
+                   + self.profile.spot_per_hour * self.spot_price_factor * self.config.spot_fraction)
         return blended * self.price_factor
 
     def live(self) -> list[Instance]:
@@ -411,6 +414,9 @@ class Simulation:
                 pool.desired = config.start
                 self.pools[region][name] = pool
         self.all_pools = [pool for pools in self.pools.values() for pool in pools.values()]
+        attach = getattr(controller, "attach", None)
+        if attach is not None:  # a controller whose router reads the pools from the first arrival on
+            attach(self)
         self.records: list[JobRecord] = []
         self.samples: list[StepSample] = []
         self.moves = 0
@@ -542,10 +548,11 @@ class Simulation:
         period = self.scenario.control_period_seconds
         for region, pools in self.pools.items():
             for pool in pools.values():
-                factor = 1.0
+                factors = {"all": 1.0, "spot": 1.0, "on_demand": 1.0}
                 for event in self._active(pool, now, "price"):
-                    factor *= event.factor
-                pool.price_factor = factor
+                    factors[event.market] *= event.factor
+                pool.price_factor = factors["all"]
+                pool.spot_price_factor, pool.on_demand_price_factor = factors["spot"], factors["on_demand"]
                 for event in self.scenario.events:
                     if event.region != region or event.pool != pool.name or not now - period < event.start <= now:
                         continue

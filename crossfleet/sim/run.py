@@ -49,6 +49,8 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fixed-steps": ({"scale_up_gain": 0.0}, {}),
     # The old sizing: slots for the running jobs at 85% utilization plus the queue's drain.
     "with-occupancy-sizing": ({"target_utilization": 0.85}, {}),
+    # The router places every `either` job on its preferred pool (no placement by marginal cost at routing).
+    "no-cost-placement": ({}, {"cost_placement": False}),
     "no-capacity-health": ({}, {"capacity_health": False}),  # failed launches never open a breaker
     "no-gradual-scale-in": ({"scale_in_delay_seconds": 0.0, "max_scale_in_step": 10**6}, {}),
 }

@@ -18,6 +18,7 @@ POOLS = ("cpu", "gpu")
 # The Azure code trace as the dataset names it, and as the shipped scenarios (and ../shared/traces) name it.
 TRACE_NAMES = ("azure_llm_inference_2023_code.csv", "AzureLLMInferenceTrace_code.csv")
 EVENT_TYPES = ("capacity", "spot_interruption", "price")
+PRICE_MARKETS = ("all", "spot", "on_demand")  # which of a pool's prices a price event multiplies
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Event:
     reclaim: bool = False
     fraction: float = 0.0  # spot_interruption: share of the pool's instances reclaimed at `start`
     factor: float = 1.0  # price: multiplies the pool's price from `start` to `end`
+    market: str = "all"  # price: "spot" or "on_demand" multiplies that market's price only
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,7 @@ def _stream(raw: Any, path: str, regions: tuple[str, ...]) -> SyntheticStream:
 
 def _event(raw: Any, path: str, regions: dict[str, Any]) -> Event:
     s = p.section(raw, path, ("type", "region", "pool", "start", "end", "max_instances", "reclaim", "fraction",
-                              "factor"))
+                              "factor", "market"))
     kind = p.choice(s, path, "type", "capacity", EVENT_TYPES)
     region = p.choice(s, path, "region", next(iter(regions)), tuple(regions))
     start = _number(s, path, "start", 0, 0, 7 * 86400)
@@ -315,4 +317,5 @@ def _event(raw: Any, path: str, regions: dict[str, Any]) -> Event:
     return Event(type=kind, region=region, pool=p.choice(s, path, "pool", "gpu", POOLS), start=start, end=end,
                  max_instances=max_instances, reclaim=p.boolean(s, path, "reclaim", True),
                  fraction=_number(s, path, "fraction", 0.0, 0.0, 1.0),
-                 factor=_number(s, path, "factor", 1.0, 0.01, 100.0))
+                 factor=_number(s, path, "factor", 1.0, 0.01, 100.0),
+                 market=p.choice(s, path, "market", "all", PRICE_MARKETS))

@@ -36,6 +36,9 @@ class PoolGroup:
     instance_role: iam.IRole
     # (group name, max size) of the pool's warm lane, which the rebalancer fills first (GPU pool only).
     warm_lane: tuple[str, int] | None = None
+    # The config's price overrides ($/hour per instance; None: the pinned price table).
+    on_demand_price_per_hour: float | None = None
+    spot_price_per_hour: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class Rebalancer(Construct):
                 "max_size": g.max_size, "instance_types": list(g.instance_types),
                 "on_demand_percentage": g.on_demand_percentage,
                 **({"warm_lane_group": g.warm_lane[0], "warm_lane_max": g.warm_lane[1]} if g.warm_lane else {}),
+                **({"on_demand_price_per_hour": g.on_demand_price_per_hour}
+                   if g.on_demand_price_per_hour is not None else {}),
+                **({"spot_price_per_hour": g.spot_price_per_hour} if g.spot_price_per_hour is not None else {}),
             } for pool, g in groups.items()},
             "policy": config.policy_fields(),
             "max_receive_count": max_receive_count,

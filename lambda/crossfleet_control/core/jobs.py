@@ -29,7 +29,9 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _LATEST_SUBMITTED_AT = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 _MAX_COUNTER = 1_000_000  # attempt and moves: far above any configured limit, far below absurd
 _FIELDS = ("schema_version", "id", "class", "placement", "preference", "size", "deadline_seconds", "priority",
-           "submitted_at", "attempt", "moves", "payload", "region", "origin")
+           "submitted_at", "attempt", "moves", "payload", "region", "origin", "model_params_billion")
+# Model size bounds: above any released dense or mixture-of-experts model's total parameters, below absurd.
+_MAX_MODEL_PARAMS_BILLION = 10_000.0
 _SIZE_FIELDS = ("input_tokens", "output_tokens", "cpu_seconds", "gpu_seconds")
 
 
@@ -62,6 +64,9 @@ class Job:
     # The region whose ledger holds this job's identity, set when it leaves that region (failover or a
     # cross-region move): workers anywhere claim it there, so it runs once across regions.
     origin: str | None = None
+    # The model's size in billions of parameters, when the producer names it: placement scales the service
+    # model's per-token times from its reference model (core/marginal_cost.py). None: the reference model.
+    model_params_billion: float | None = None
 
     def allowed_pools(self) -> tuple[str, ...]:
         if self.placement == "cpu_only":
@@ -97,6 +102,8 @@ class Job:
             body["region"] = self.region
         if self.origin:
             body["origin"] = self.origin
+        if self.model_params_billion is not None:
+            body["model_params_billion"] = self.model_params_billion
         return body
 
     def to_json(self) -> str:
@@ -197,11 +204,16 @@ def parse_job(body: str | bytes | dict[str, Any]) -> Job:
     origin = raw.get("origin")
     if origin is not None and origin not in US_REGIONS:
         raise reject(f"origin={origin!r}: the US region whose ledger holds the job, one of {', '.join(US_REGIONS)}")
+    model_params = raw.get("model_params_billion")
+    if model_params is not None and (isinstance(model_params, bool) or not isinstance(model_params, (int, float))
+                                     or not 0 < model_params <= _MAX_MODEL_PARAMS_BILLION):
+        raise reject(f"model_params_billion={model_params!r}: the model's size in billions of parameters, above 0 "
+                     f"and at most {_MAX_MODEL_PARAMS_BILLION:.0f}, or absent (the reference 8B model)")
     return Job(id=raw["id"], job_class=job_class, placement=placement, preference=preference,
                input_tokens=input_tokens, output_tokens=output_tokens, cpu_seconds=cpu_seconds,
                gpu_seconds=gpu_seconds, deadline_seconds=float(deadline), priority=priority,
                submitted_at=submitted_at, attempt=attempt, moves=moves, payload=payload, region=region,
-               origin=origin)
+               origin=origin, model_params_billion=None if model_params is None else float(model_params))
 
 
 def _count(size: dict[str, Any], key: str, reject: Any) -> int:

@@ -8,10 +8,11 @@ One cycle, per region:
 2. `decide` picks moves for the sampled `either` jobs, then sizes both fleets from the backlog the moves
    leave behind.
 
-Sizing: enough slots for the jobs running now at `target_utilization`, plus enough to drain the visible queue
-within the target wait (AWS's backlog-per-instance guidance), clamped to [min, max], at most
-`max_scale_up_step` up per cycle, and down only after the want has stayed lower for `scale_in_delay_seconds`
-(then at most `max_scale_in_step` per cycle, never below the instances busy with in-flight jobs).
+Sizing: enough slots to drain the visible queue within the target wait (AWS's backlog-per-instance guidance),
+never fewer instances than the running jobs occupy, raised to the warm-start floor (`forecast`: the pool's
+decaying recent peak want, and a share of a short peer region's), clamped to [min, max]; up by the whole gap at
+once (`scale_up_gain`), down only after the want has stayed lower for `scale_in_delay_seconds` (then at most
+`max_scale_in_step` per cycle, never below the instances busy with in-flight jobs).
 Unknown telemetry holds a pool: no scaling, no moves into or out of it.
 
 Capacity health (see `capacity_health`): a short pool holds at what it has (no launches into a region that just
@@ -30,6 +31,15 @@ from dataclasses import dataclass
 from crossfleet_control.core import forecast
 from crossfleet_control.core.capacity_health import PoolHealth, RegionSummary, failover_target
 from crossfleet_control.core.jobs import Job
+from crossfleet_control.core.marginal_cost import (
+    MarginalCost,
+    PoolView,
+    cheaper,
+    cheapest,
+    describe_costs,
+    job_seconds,
+    pool_price_per_hour,
+)
 from crossfleet_control.core.policy_types import (
     ControllerMemory,
     Decision,
@@ -66,6 +76,22 @@ class _PoolLoad:
     # Work moved in this cycle beyond what `visible` counts at the pool's mean job length: a long inference job
     # moved onto Graviton occupies a slot for much longer than the pool's typical agent step.
     extra_seconds: float = 0.0
+    price_per_hour: float = 0.0  # current effective $/hour per instance (marginal_cost.pool_price_per_hour)
+
+    def view(self, step: int, fill_share: float = 1.0) -> PoolView:
+        """This pool as placement by marginal cost sees it now (moves already chosen this cycle included)."""
+        # Jobs moved in this cycle count in `visible` (and their extra length in `extra_seconds`).
+        return PoolView(name=self.spec.name, profile=self.spec.profile, in_service=self.telemetry.in_service or 0,
+                        pending=self.telemetry.pending or 0, in_flight=self.telemetry.in_flight or 0,
+                        visible=self.visible,
+                        mean_job_seconds=self.spec.mean_job_seconds, price_per_hour=self.price_per_hour,
+                        growth_instances=(min(step, max(0, self.spec.max_size - (self.telemetry.desired or 0)))
+                                          if self.can_add_capacity() else 0),
+                        extra_seconds=self.extra_seconds, fill_share=fill_share)
+
+    def slot_cost_per_job(self) -> float:
+        """$ of one typical job's share of an instance here: what work on running capacity costs."""
+        return self.price_per_hour / 3600.0 * self.spec.mean_job_seconds / self.spec.profile.streams
 
     @property
     def slots(self) -> int:
@@ -110,8 +136,23 @@ def _loads(observation: Observation, specs: Mapping[str, PoolSpec]) -> dict[str,
         slots = (telemetry.in_service or 0) * spec.profile.streams
         idle = max(0, slots - telemetry.in_flight - telemetry.visible)
         loads[name] = _PoolLoad(spec=spec, telemetry=telemetry, visible=telemetry.visible, idle_slots=idle,
-                                health=observation.health_of(name))
+                                health=observation.health_of(name),
+                                price_per_hour=pool_price_per_hour(spec, observation))
     return loads
+
+
+def pool_views(observation: Observation, specs: Mapping[str, PoolSpec],
+               settings: PolicySettings) -> dict[str, PoolView]:
+    """Each known pool as placement by marginal cost sees it (the router's input; moves build the same views)."""
+    return {name: load.view(settings.max_scale_up_step, fill_share(settings))
+            for name, load in _loads(observation, specs).items()}
+
+
+def fill_share(settings: PolicySettings) -> float:
+    """The share of a pool's slots placement may fill for free: all of them when sizing keeps no occupancy
+    margin (`target_utilization` 0, the default: the forecast floor holds the room for arrivals), else the
+    margin's share (filling past it only makes the sizer add instances)."""
+    return settings.target_utilization if settings.target_utilization > 0 else 1.0
 
 
 MAX_PUBLISHED_WAIT_SECONDS = 86_400.0  # "no capacity at all" published as a day, not as infinity
@@ -168,6 +209,12 @@ def plan_sampling(observation: Observation, specs: Mapping[str, PoolSpec],
             reason = f"{destination} has {dst.idle_slots} idle slots"
         elif typical_finish > settings.target_wait_seconds / 2:
             reason = f"{source} typical finish {typical_finish:.0f}s is over half the target wait"
+        elif ((dst.telemetry.in_service or 0) > 0 and dst.eta_seconds() < settings.target_wait_seconds
+              and src.slot_cost_per_job() > 0
+              and cheaper_per_job(dst.slot_cost_per_job(), src.slot_cost_per_job())):
+            # Running capacity there serves a typical job for clearly less: `either` work queued here may move.
+            reason = (f"{destination} running capacity ${dst.slot_cost_per_job():.5f}/job against "
+                      f"{source} ${src.slot_cost_per_job():.5f}/job")
         else:
             continue
         count = min(budget, src.visible)
@@ -186,15 +233,24 @@ def plan_sampling(observation: Observation, specs: Mapping[str, PoolSpec],
     return tuple(requests)
 
 
+def cheaper_per_job(challenger: float, incumbent: float) -> bool:
+    return cheaper(_priced(challenger), _priced(incumbent))
+
+
+def _priced(usd: float) -> MarginalCost:
+    return MarginalCost("", usd, 0.0, "")
+
+
 def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settings: PolicySettings,
                  candidates: Sequence[QueuedJob]) -> tuple[Move, ...]:
-    """Move `either` jobs to the pool that finishes them within their deadline, cheapest first.
+    """Move `either` jobs to the pool where serving them on time costs least (`core/marginal_cost.py`).
 
-    A job moves when (a) it would miss its deadline where it is and meet it on the other pool, or (b) the other
-    pool has idle slots (already paid for) while this one makes the job wait, and the job still meets its
-    deadline there. A job that misses everywhere stays where it is: moving it buys no on-time completion and
-    the pools differ in cost per job by an order of magnitude. Placement is never violated, and a job moved
-    `max_moves_per_job` times stays put.
+    A job moves when the other pool serves it before its deadline for clearly less than where it is: it would
+    miss here and meets its deadline there (infinite cost here), or there are idle slots there (already paid for:
+    nothing more) while it waits here, or running capacity there is cheaper per job (an `eval` job queued on
+    Graviton while the GPUs have room). Prices are the pools' current effective prices; the job's model size
+    scales its times. A job that misses everywhere stays where it is. Placement is never violated, and a job
+    moved `max_moves_per_job` times stays put. Each move's detail names both pools' marginal costs.
     """
     loads = _loads(observation, specs)
     moves: list[Move] = []
@@ -208,7 +264,7 @@ def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settin
         moved = None
         if (job.placement == "either" and job.may_run_on(destination) and job.may_run_on(source)
                 and _movable(observation, source, destination) and source in loads and destination in loads):
-            moved = _within_region(job, source, destination, loads, observation.now)
+            moved = _within_region(job, source, destination, loads, observation.now, settings)
         if moved is None:
             target_pool = _failover_pool(job, source, loads, observation.now)
             if target_pool is not None:
@@ -220,7 +276,7 @@ def choose_moves(observation: Observation, specs: Mapping[str, PoolSpec], settin
             loads[source].visible -= 1
             if moved.destination_region is None:
                 loads[destination].visible += 1
-                loads[destination].extra_seconds += (loads[destination].spec.profile.job_seconds(job)
+                loads[destination].extra_seconds += (job_seconds(loads[destination].spec.profile, job)
                                                      - loads[destination].spec.mean_job_seconds)
                 loads[destination].idle_slots = max(0, loads[destination].idle_slots - 1)
     return tuple(moves)
@@ -252,23 +308,23 @@ def _across_regions(job: Job, source: str, destination: str, load: _PoolLoad, fa
                 detail=f"{observation.region} {destination} short ({load.health.reason}); {why}")
 
 
-def _within_region(job: Job, source: str, destination: str, loads: dict[str, _PoolLoad], now: float) -> Move | None:
-    """Within the region: the other pool when the job meets its deadline only there, or idle slots there."""
-    src, dst = loads[source], loads[destination]
-    remaining = job.deadline_at() - now
-    finish_here = src.eta_seconds() + src.spec.profile.job_seconds(job)
-    finish_there = dst.eta_seconds() + dst.spec.profile.job_seconds(job)
-    meets_here, meets_there = finish_here <= remaining, finish_there <= remaining
-    numbers = (f"{source} finish {finish_here:.0f}s, {destination} finish {finish_there:.0f}s, "
-               f"deadline in {remaining:.0f}s")
-    code = None
-    if meets_there and not meets_here:
-        code = "deadline"
-    elif meets_there and dst.idle_slots > 0 and src.eta_seconds() > 0 and finish_there <= finish_here:
-        code = "idle_capacity"
-    if code is None:
+def _within_region(job: Job, source: str, destination: str, loads: dict[str, _PoolLoad], now: float,
+                   settings: PolicySettings) -> Move | None:
+    """Within the region: the other pool when serving the job on time costs clearly less there."""
+    step, fill = settings.max_scale_up_step, fill_share(settings)
+    views = {source: loads[source].view(step, fill), destination: loads[destination].view(step, fill)}
+    best, costs = cheapest(job, views, now, incumbent=source)
+    if best != destination:
         return None
-    return Move(job_id=job.id, source=source, destination=destination, reason=code, detail=numbers)
+    here, there = costs[source], costs[destination]
+    if not here.on_time:
+        code = "deadline"
+    elif there.usd == 0.0:
+        code = "idle_capacity"
+    else:
+        code = "cheaper"
+    return Move(job_id=job.id, source=source, destination=destination, reason=code,
+                detail=f"{describe_costs(costs)}; deadline in {job.deadline_at() - now:.0f}s")
 
 
 def size_pool(spec: PoolSpec, telemetry: PoolTelemetry | None, observation: Observation, memory: PoolMemory,

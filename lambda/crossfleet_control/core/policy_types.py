@@ -46,6 +46,9 @@ class PoolSpec:
     instance_types: tuple[str, ...] = ()
     # The configured On-Demand share above base: below 100 the pool uses Spot, and falls back when Spot is short.
     on_demand_percentage: int = 100
+    # The deployment's prices for this pool's primary type ($/hour per instance; None: the pinned price table's).
+    on_demand_price_per_hour: float | None = None
+    spot_price_per_hour: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,9 @@ class Observation:
     on_demand_percentage: Mapping[str, int | None] = field(default_factory=dict)
     # Instances each pool needs for the real-time endpoint's share of requests, on top of its queued work.
     serving_instances: Mapping[str, int] = field(default_factory=dict)
+    # Each pool's current effective $/hour per instance when the caller knows it (the simulator's prices over
+    # time); absent: the pool's configured prices at its On-Demand share (`marginal_cost.pool_price_per_hour`).
+    prices: Mapping[str, float] = field(default_factory=dict)
 
     def override(self, pool: str) -> Override:
         return self.overrides.get(pool, Override())

@@ -38,6 +38,9 @@ class PoolSettings:
     # pool, filled first above the main group's minimum (crossfleet_control.aws.fleets). Counted in max_size.
     warm_lane_group: str | None = None
     warm_lane_max: int = 0
+    # Price overrides from the deployment's config ($/hour per instance; None: the pinned price table).
+    on_demand_price_per_hour: float | None = None
+    spot_price_per_hour: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "instance_types", tuple(self.instance_types) or (self.instance_type,))
@@ -45,7 +48,9 @@ class PoolSettings:
     def spec(self, name: str) -> PoolSpec:
         return pool_spec(name, self.instance_type, vcpus=self.vcpus, accelerators=self.accelerators,
                          min_size=self.min_size, max_size=self.max_size, instance_types=self.instance_types,
-                         on_demand_percentage=self.on_demand_percentage)
+                         on_demand_percentage=self.on_demand_percentage,
+                         on_demand_price_per_hour=self.on_demand_price_per_hour,
+                         spot_price_per_hour=self.spot_price_per_hour)
 
 
 @dataclass(frozen=True)
@@ -57,13 +62,15 @@ class PeerRegion:
 
 
 def pool_spec(name: str, instance_type: str, *, vcpus: int, accelerators: int, min_size: int,
-              max_size: int, instance_types: tuple[str, ...] = (), on_demand_percentage: int = 100) -> PoolSpec:
+              max_size: int, instance_types: tuple[str, ...] = (), on_demand_percentage: int = 100,
+              on_demand_price_per_hour: float | None = None, spot_price_per_hour: float | None = None) -> PoolSpec:
     """The policy's view of a pool; the Lambda and the simulator both build it here."""
     profile = profile_for(instance_type, vcpus=vcpus, accelerators=accelerators)
     return PoolSpec(name=name, min_size=min_size, max_size=max_size, profile=profile,
                     mean_job_seconds=profile.job_seconds(REFERENCE_JOB),
                     instance_types=tuple(instance_types) or (instance_type,),
-                    on_demand_percentage=on_demand_percentage)
+                    on_demand_percentage=on_demand_percentage,
+                    on_demand_price_per_hour=on_demand_price_per_hour, spot_price_per_hour=spot_price_per_hour)
 
 
 @dataclass(frozen=True)

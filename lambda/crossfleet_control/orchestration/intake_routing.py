@@ -20,7 +20,14 @@ from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.core.capacity_health import PoolHealth as CapacityHealth
 from crossfleet_control.core.capacity_health import RegionSummary, failover_target, pool_health
 from crossfleet_control.core.jobs import Job, JobRejected, parse_job, payload_uri_problem
-from crossfleet_control.core.placement import PoolHealth, health_from_decision, merge_health, place
+from crossfleet_control.core.marginal_cost import PoolView
+from crossfleet_control.core.placement import (
+    PoolHealth,
+    health_from_decision,
+    merge_health,
+    place,
+    views_from_record,
+)
 from crossfleet_control.core.settings import RouterSettings
 
 
@@ -30,6 +37,10 @@ class RoutingView:
 
     pools: Mapping[str, PoolHealth]
     failover: tuple[str | None, str] = (None, "")
+    # The pools as the rebalancer last saw them, for placement by marginal cost (None: by preference). Each job
+    # this batch places joins its pool's queue here, so one batch does not fill one pool's free slots twice.
+    views: dict[str, PoolView] | None = None
+    now: float = 0.0
 
 
 @dataclass
@@ -91,7 +102,10 @@ class Router:
         if conflict:
             self.reject(body, conflict, job.id)
             return
-        region, pool, why = place(job, view.pools, view.failover)
+        region, pool, why = place(job, view.pools, view.failover, view.views, view.now)
+        if view.views is not None and region is None and pool in view.views:
+            placed = view.views[pool]
+            view.views[pool] = replace(placed, visible=placed.visible + 1)
         if region is not None and region in self.settings.peer_gpu_queue_urls:
             self._queues().send_to_peer(region, job)
             self.metrics.add("FailedOver", 1, Region=region)
@@ -172,7 +186,8 @@ def routing_view(state: Any, store: Any, pool_types: Mapping[str, list[str]], co
         pass
     peers = {region: RegionSummary(**summary) for region, summary in (record or {}).get("peers", {}).items()}
     others = tuple(r for r in configured if r != configured[0])
-    return RoutingView(merge_health(*views), failover_target(peers, others, now, stale_after_seconds))
+    return RoutingView(merge_health(*views), failover_target(peers, others, now, stale_after_seconds),
+                       views=views_from_record(record), now=now)
 
 
 def _routing(health: CapacityHealth) -> PoolHealth:

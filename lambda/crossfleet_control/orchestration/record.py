@@ -13,6 +13,8 @@ from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.core.capacity_health import (
     STATUS_RANK,
 )
+from crossfleet_control.core.placement import views_to_record
+from crossfleet_control.core.policy import pool_views
 from crossfleet_control.core.policy_types import (
     Decision,
     Observation,
@@ -33,6 +35,8 @@ def decision_record(settings: Settings, observation: Observation, decision: Deci
         "health": {pool: asdict(h) for pool, h in observation.health.items()},
         "peers": {region: asdict(p) for region, p in observation.peers.items()},
         "markets": {pool: asdict(m) for pool, m in decision.markets.items()},
+        # What the router places `either` jobs by (placement by marginal cost) until the next cycle.
+        "placement_views": views_to_record(pool_views(observation, settings.specs(), settings.policy)),
         "applied": applied,
         "notes": list(decision.notes),
         "summary": {
