@@ -132,6 +132,12 @@ def test_the_floor_yields_to_operators_and_to_a_short_pool():
     pinned = Observation(NOW, {"gpu": telemetry}, overrides={"gpu": Override(pinned_desired=1)})
     decision, _ = policy.size_pool(GPU, telemetry, pinned, memory, SETTINGS)
     assert decision.desired == 1, "a pin is the operator's instruction: the forecast does not override it"
+    from crossfleet_control.core.capacity_health import PoolHealth
+
+    short = Observation(NOW, {"gpu": telemetry}, health={"gpu": PoolHealth(SHORT, 0.0, False, "no capacity")})
+    decision, kept = policy.size_pool(GPU, telemetry, short, memory, SETTINGS)
+    assert decision.desired == 2 and "capacity short" in decision.reason, "no launches into a region that said no"
+    assert kept.peaks == memory.peaks, "the history survives the shortage"
 
 
 def _summary(region: str, status: str, peak_want: int, updated_at: float = NOW) -> RegionSummary:
@@ -208,3 +214,55 @@ def test_saved_history_that_cannot_be_read_is_no_history():
     assert _peaks([[NOW, 3], [NOW + 60, 2]]) == ((NOW, 3), (NOW + 60, 2))
     for bad in (None, "x", [[NOW]], [[NOW, "3"]], [[NOW, True]], [[float("nan"), 3]], [{"at": NOW}]):
         assert _peaks(bad) == (), bad
+
+
+# The fields the first release's readers build their dataclasses from (commit 3bb986c): an item this release
+# writes must not carry more inside them, or a rollback (or a peer region still on that release) stops reading.
+V1_SERVING_FIELDS = {"pending_cost_target", "calm"}
+V1_SUMMARY_FIELDS = {"region", "status", "admit", "in_service", "desired", "max_size", "queued", "updated_at",
+                     "wait_seconds", "target_wait_seconds"}
+
+
+def _state_table(name: str = "dep-state"):
+    import boto3
+
+    from crossfleet_control.core.table_schema import PARTITION_KEY, SORT_KEY
+
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                        AttributeDefinitions=[{"AttributeName": PARTITION_KEY, "AttributeType": "S"},
+                                              {"AttributeName": SORT_KEY, "AttributeType": "S"}],
+                        KeySchema=[{"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
+                                   {"AttributeName": SORT_KEY, "KeyType": "RANGE"}])
+    return client
+
+
+def test_the_forecasts_round_trip_through_the_state_table_and_an_older_release_can_still_read_them():
+    import json
+
+    from moto import mock_aws
+
+    from crossfleet_control.aws.controller_state import ControllerState
+    from crossfleet_control.aws.health_store import HealthStore
+    from crossfleet_control.core.policy_types import ControllerMemory, ServingMemory
+
+    with mock_aws():
+        client = _state_table()
+        state = ControllerState(client, "dep-state", "us-east-1")
+        memory = ControllerMemory(pools={"gpu": PoolMemory(low_since=NOW - 60, peaks=((NOW - 600, 9), (NOW, 4)))},
+                                  serving=ServingMemory(pending_cost_target=40, calm=2,
+                                                        recent=((NOW - 60, 1.5, 20.0), (NOW, 0.5, 3.0))))
+        state.save_memory(memory, fence=1)
+        loaded, _ = state.load_controls()
+        assert loaded.of("gpu").peaks == ((NOW - 600, 9), (NOW, 4))
+        assert loaded.serving == memory.serving
+        item = client.get_item(TableName="dep-state", Key=state._key("memory"))["Item"]
+        assert set(json.loads(item["data"]["S"])["serving"]) <= V1_SERVING_FIELDS
+
+        store = HealthStore(client, "dep-state", "us-east-1")
+        summary = _summary("us-east-1", SHORT, 17)
+        store.publish(summary)
+        assert store.summaries()["us-east-1"] == summary
+        raw = client.scan(TableName="dep-state")["Items"]
+        published = next(i for i in raw if "peak_want" in i)
+        assert set(json.loads(published["data"]["S"])) <= V1_SUMMARY_FIELDS

@@ -310,3 +310,20 @@ def test_the_synthesized_rebalancer_carries_the_configured_prices():
     settings = json.dumps(function["Properties"]["Environment"]["Variables"]["CROSSFLEET_SETTINGS"])
     assert 'spot_price_per_hour\\":21.5' in settings
     assert "on_demand_price_per_hour" not in settings
+
+
+def test_moves_happen_and_only_for_jobs_that_may_run_on_both_pools():
+    """The property above holds vacuously if nothing ever moves: here moves must happen (idle paid GPUs, a busy
+    Graviton queue), and every one of them is an `either` job."""
+    observation = Observation(NOW, {
+        "cpu": PoolTelemetry(visible=300, in_flight=40, oldest_age_seconds=200, desired=10, in_service=10),
+        "gpu": PoolTelemetry(visible=0, in_flight=0, oldest_age_seconds=0, desired=4, in_service=4)})
+    specs = {"cpu": pool_spec("cpu", "m9g.16xlarge", vcpus=64, accelerators=0, min_size=1, max_size=20),
+             "gpu": pool_spec("gpu", "g6e.xlarge", vcpus=4, accelerators=1, min_size=0, max_size=8)}
+    queued = ([QueuedJob("cpu", make_job(id=f"only-{i}", placement="cpu_only", preference="cpu",
+                                         deadline_seconds=3600, submitted_at=NOW)) for i in range(5)]
+              + [QueuedJob("cpu", make_job(id=f"either-{i}", placement="either", preference="cpu",
+                                           deadline_seconds=3600, submitted_at=NOW)) for i in range(5)])
+    moves = policy.choose_moves(observation, specs, policy.PolicySettings(), queued)
+    assert {m.job_id for m in moves} == {f"either-{i}" for i in range(5)}
+    assert all(m.destination == "gpu" for m in moves)

@@ -431,3 +431,24 @@ def test_make_synths_summary_names_the_lane_and_its_type(warm_app: SynthesizedAp
     lines = summarize(Path(warm_app.app.synth().directory))
     assert any("pool gpu (warm lane)" in line and "types=p5.48xlarge" in line and "max=4" in line for line in lines)
     assert any(line.strip().startswith("pool gpu ") and "p5en.48xlarge" in line for line in lines)
+
+
+def test_launches_into_the_warm_pool_are_not_counted_as_launches_for_the_runaway_guard():
+    """A warm lane refills its pool after every warm start: those preparations never show as in service or pending,
+    so counting them would let refills trip the runaway guard (failure case 18) with nothing wrong."""
+    from datetime import datetime
+
+    class Refilling(FakeAutoScaling):
+        def describe_scaling_activities(self, AutoScalingGroupName: str, MaxRecords: int) -> dict[str, Any]:
+            at = datetime.fromtimestamp(1000, tz=UTC)
+            if AutoScalingGroupName != LANE:
+                return {"Activities": []}
+            return {"Activities": [{"StartTime": at, "StatusCode": "Successful",
+                                    "Description": f"Launching a new EC2 instance into warm pool: i-{n}"}
+                                   for n in range(12)]
+                    + [{"StartTime": at, "StatusCode": "Successful",
+                        "Description": "Launching a new EC2 instance: i-in-service"}]}
+
+    fleets = AutoScalingFleets(Refilling(), {"gpu": "gpu"}, on_error=lambda *_: None,
+                               lanes={"gpu": WarmLane(LANE, max_size=4, main_min_size=1)})
+    assert fleets.launch_activity("gpu", now=1100) == (0, 1)

@@ -156,7 +156,7 @@ def region_widgets(deployment: str, region: str, pools: list[PoolView]) -> list[
             cloudwatch.Metric(namespace=NAMESPACE, metric_name="MovesDecided", region=region, statistic="Sum",
                               period=ONE_MINUTE, label=reason,
                               dimensions_map={"Deployment": deployment, "Region": region, "Reason": reason})
-            for reason in ("deadline", "idle_capacity", "failover")]),
+            for reason in ("deadline", "idle_capacity", "cheaper", "failover")]),
         cloudwatch.GraphWidget(title=f"{region}: capacity health (failed launches, holds; right: status "
                                "0 healthy, 1 degraded, 2 probing, 3 short, and Spot fallback)", width=8,
                                left=[pool_metric(deployment, region, "FailedLaunches", p.name) for p in pools]

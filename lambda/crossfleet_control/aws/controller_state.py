@@ -87,7 +87,7 @@ class ControllerState:
                                                                   runaway_until=entry.get("runaway_until"),
                                                                   peaks=_peaks(entry.get("peaks")))
                                                  for pool, entry in data.get("pools", {}).items()},
-                                          serving=ServingMemory(**data.get("serving", {})))
+                                          serving=_serving(data))
             elif sort_key.startswith("override#"):
                 pinned = item.get("pinned_desired", {}).get("N")
                 overrides[sort_key.split("#", 1)[1]] = Override(
@@ -101,7 +101,10 @@ class ControllerState:
         data = {"pools": {pool: {"low_since": m.low_since, "runaway_until": m.runaway_until,
                                  "peaks": [list(sample) for sample in m.peaks]}
                           for pool, m in memory.pools.items()},
-                "serving": asdict(memory.serving)}
+                # Fields added after a release go beside the ones it knew, never into them: the older code
+                # builds ServingMemory(**serving) and would stop every cycle on an unknown key after a rollback.
+                "serving": {k: v for k, v in asdict(memory.serving).items() if k in _SERVING_V1},
+                "serving_recent": [list(row) for row in memory.serving.recent]}
         try:
             self.client.put_item(
                 TableName=self.table_name,
@@ -162,3 +165,17 @@ def _peaks(raw: Any) -> tuple[tuple[float, int], ...]:
                 and math.isfinite(sample[0]) and math.isfinite(sample[1])):
             samples.append((float(sample[0]), int(sample[1])))
     return tuple(samples)
+
+
+_SERVING_V1 = ("pending_cost_target", "calm")  # the serving memory's fields the first release wrote
+
+
+def _serving(data: Mapping[str, Any]) -> ServingMemory:
+    """The serving split's memory as saved by this release or an earlier one; unknown keys are ignored, so a
+    newer release's item never stops this one."""
+    saved = data.get("serving", {})
+    known = {k: saved[k] for k in _SERVING_V1 if isinstance(saved, dict) and k in saved}
+    recent = data.get("serving_recent", saved.get("recent", []) if isinstance(saved, dict) else [])
+    rows = tuple(tuple(float(v) for v in row) for row in recent if isinstance(row, list) and len(row) == 3
+                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row))
+    return ServingMemory(**known, recent=rows)  # type: ignore[arg-type]

@@ -123,8 +123,12 @@ class AutoScalingFleets:
             return None, None
         recent = [a for a in activities if _epoch(a.get("StartTime")) >= now - self.failure_window_seconds]
         failed = sum(1 for a in recent if a.get("StatusCode") in ("Failed", "Cancelled"))
+        # A launch into the warm lane's pool is preparation, not capacity asked for: it never shows as in service
+        # or pending, so counting it would let a deploy or a run of refills trip the runaway guard. Only the
+        # in-service launches count ("Launching a new EC2 instance: i-..."; preparations name the warm pool).
         launched = sum(1 for a in recent if a.get("StatusCode") == "Successful"
-                       and str(a.get("Description", "")).startswith("Launching a new EC2 instance"))
+                       and str(a.get("Description", "")).startswith("Launching a new EC2 instance")
+                       and "warm pool" not in str(a.get("Description", "")).lower())
         return failed, launched
 
     def set_desired(self, pool: str, desired: int) -> None:

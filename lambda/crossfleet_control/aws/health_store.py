@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -77,9 +77,10 @@ class HealthStore:
         raise RuntimeError(f"breaker {signal.offering.sort_key}: {WRITE_ATTEMPTS} concurrent writers in a row")
 
     def publish(self, summary: RegionSummary) -> None:
+        data = summary_to_dict(summary)
         self.client.put_item(TableName=self.table_name, Item={
             PARTITION_KEY: {"S": capacity_partition(self.region)}, SORT_KEY: {"S": SUMMARY_KEY},
-            "data": {"S": json.dumps(asdict(summary))}})
+            "data": {"S": json.dumps(data)}, "peak_want": {"N": str(summary.peak_want)}})
 
     def summaries(self) -> dict[str, RegionSummary]:
         """Every configured region's published GPU summary this region can read, its own included."""
@@ -92,8 +93,26 @@ class HealthStore:
                 self.on_error(f"dynamodb.get_item[{region} capacity]", error)
                 continue
             if item:
-                found[region] = RegionSummary(**json.loads(item["data"]["S"]))
+                beside = {k: int(item[k]["N"]) for k in _BESIDE_DATA if "N" in item.get(k, {})}
+                found[region] = summary_from_dict({**json.loads(item["data"]["S"]), **beside})
         return found
+
+
+_SUMMARY_FIELDS = frozenset(f.name for f in fields(RegionSummary))
+# Published beside `data`, not in it: the first release reads `data` as RegionSummary(**data) and would fail on it.
+_BESIDE_DATA = ("peak_want",)
+
+
+def summary_to_dict(summary: RegionSummary) -> dict[str, Any]:
+    """A summary as the first release's readers can build it (the decision record's `peers`): the fields added
+    since are left out."""
+    return {k: v for k, v in asdict(summary).items() if k not in _BESIDE_DATA}
+
+
+def summary_from_dict(data: Mapping[str, Any]) -> RegionSummary:
+    """A peer's summary, whichever release wrote it: fields this release does not know are ignored (a peer region
+    upgraded first adds some), fields it knows but the item lacks take their defaults."""
+    return RegionSummary(**{k: v for k, v in data.items() if k in _SUMMARY_FIELDS})
 
 
 def _breaker(region: str, item: Mapping[str, Any]) -> Breaker:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from crossfleet_control.aws import logs
+from crossfleet_control.aws.health_store import summary_from_dict
 from crossfleet_control.aws.intake_queues import IntakeQueues
 from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.core.capacity_health import PoolHealth as CapacityHealth
-from crossfleet_control.core.capacity_health import RegionSummary, failover_target, pool_health
+from crossfleet_control.core.capacity_health import failover_target, pool_health
 from crossfleet_control.core.jobs import Job, JobRejected, parse_job, payload_uri_problem
 from crossfleet_control.core.marginal_cost import PoolView
 from crossfleet_control.core.placement import (
@@ -184,10 +185,13 @@ def routing_view(state: Any, store: Any, pool_types: Mapping[str, list[str]], co
                       for pool, types in pool_types.items()})
     except Exception:
         pass
-    peers = {region: RegionSummary(**summary) for region, summary in (record or {}).get("peers", {}).items()}
+    peers = {region: summary_from_dict(summary) for region, summary in (record or {}).get("peers", {}).items()}
     others = tuple(r for r in configured if r != configured[0])
+    # Placement by marginal cost trusts the rebalancer's pool views only while they are fresh: a stalled
+    # rebalancer's hours-old views would keep steering jobs by capacity that is long gone.
+    fresh = record is not None and now - float(record.get("at", 0) or 0) <= stale_after_seconds
     return RoutingView(merge_health(*views), failover_target(peers, others, now, stale_after_seconds),
-                       views=views_from_record(record), now=now)
+                       views=views_from_record(record) if fresh else None, now=now)
 
 
 def _routing(health: CapacityHealth) -> PoolHealth:

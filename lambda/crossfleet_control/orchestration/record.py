@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from crossfleet_control.aws.dead_letters import DEAD_LETTERS_PER_CYCLE
-from crossfleet_control.aws.health_store import WRITE_ATTEMPTS
+from crossfleet_control.aws.health_store import WRITE_ATTEMPTS, summary_to_dict
 from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.core.capacity_health import (
     STATUS_RANK,
@@ -33,7 +33,7 @@ def decision_record(settings: Settings, observation: Observation, decision: Deci
         "pools": {pool: asdict(d) for pool, d in decision.pools.items()},
         "moves": [asdict(m) for m in decision.moves],
         "health": {pool: asdict(h) for pool, h in observation.health.items()},
-        "peers": {region: asdict(p) for region, p in observation.peers.items()},
+        "peers": {region: summary_to_dict(p) for region, p in observation.peers.items()},
         "markets": {pool: asdict(m) for pool, m in decision.markets.items()},
         # What the router places `either` jobs by (placement by marginal cost) until the next cycle.
         "placement_views": views_to_record(pool_views(observation, settings.specs(), settings.policy)),
