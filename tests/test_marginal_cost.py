@@ -327,3 +327,27 @@ def test_moves_happen_and_only_for_jobs_that_may_run_on_both_pools():
     moves = policy.choose_moves(observation, specs, policy.PolicySettings(), queued)
     assert {m.job_id for m in moves} == {f"either-{i}" for i in range(5)}
     assert all(m.destination == "gpu" for m in moves)
+
+
+def test_the_router_ignores_placement_views_older_than_the_staleness_limit():
+    """A stalled rebalancer's last record must not keep steering jobs by capacity that is long gone."""
+    from crossfleet_control.core.placement import views_to_record
+    from crossfleet_control.orchestration.intake_routing import routing_view
+
+    views = {"cpu": view("cpu", in_service=1, in_flight=1), "gpu": view("gpu", in_service=0, growth=4)}
+
+    class State:
+        def __init__(self, at: float) -> None:
+            self.record = {"at": at, "placement_views": views_to_record(views), "peers": {}}
+
+        def recent_decisions(self, limit: int) -> list[dict]:
+            return [self.record]
+
+    class Store:
+        def breakers(self) -> list:
+            return []
+
+    types = {"cpu": ["m9g.16xlarge"], "gpu": ["g6e.xlarge"]}
+    fresh = routing_view(State(NOW - 60), Store(), types, ("us-east-1",), NOW, 300)
+    stale = routing_view(State(NOW - 3600), Store(), types, ("us-east-1",), NOW, 300)
+    assert fresh.views == views and stale.views is None
