@@ -266,3 +266,30 @@ def test_the_forecasts_round_trip_through_the_state_table_and_an_older_release_c
         raw = client.scan(TableName="dep-state")["Items"]
         published = next(i for i in raw if "peak_want" in i)
         assert set(json.loads(published["data"]["S"])) <= V1_SUMMARY_FIELDS
+
+
+def test_the_simulators_burst_signal_is_per_minute_whatever_the_control_period():
+    """CloudWatch's NumberOfMessagesSent is a one-minute Sum: with a 5-minute control period the simulator must
+    still show the busiest minute, not the busiest 5 minutes (which would size the floor about 5x too large)."""
+    from crossfleet.sim.engine import Simulation
+    from crossfleet.sim.scenario import parse_scenario
+    from tests.test_simulator import small_scenario
+
+    sim = Simulation(parse_scenario(small_scenario(control_period_seconds=300)), [], _NoController())
+    pool = sim.pools["us-east-1"]["gpu"]
+    for second in range(0, 300):  # 300 sends spread evenly over five minutes: 60 in each
+        pool.count_sent(float(second))
+    pool.count_sent(400.0, 90)  # a busier minute after them
+    assert pool.sent_recently(360.0) == 60, "minute 5 (300-360) is the newest, not yet published"
+    assert pool.sent_recently(540.0) == 90, "minute 6 (360-420) is published by 540 s"
+    assert pool.sent_recently(900.0) == 0, "out of the 5-minute window"
+
+
+class _NoController:
+    name = "none"
+
+    def route(self, record):  # pragma: no cover - no arrivals
+        return "gpu"
+
+    def control(self, now, region, pools, sim) -> None:
+        return None

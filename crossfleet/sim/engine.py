@@ -31,9 +31,11 @@ from crossfleet_control.core.settings import pool_spec
 MIN_BILLED_SECONDS = 60.0
 # The rebalancer reads messages sent to each queue (NumberOfMessagesSent) from CloudWatch, where SQS publishes
 # one-minute datapoints: the newest minute is not published yet when the controller runs [A: Available CloudWatch
-# metrics for Amazon SQS]. The simulator shows it the busiest of the 5 minutes before the newest one.
-SENT_LAG_PERIODS = 1
-SENT_WINDOW_PERIODS = 5
+# metrics for Amazon SQS]. The simulator counts sends per wall-clock minute, whatever the control period, and
+# shows the controller the busiest of the 5 complete minutes before the newest one.
+SENT_MINUTE_SECONDS = 60.0
+SENT_LAG_MINUTES = 1
+SENT_WINDOW_MINUTES = 5
 LAUNCH_FAILURE_WINDOW = 900.0  # seconds of failed launches the controller is shown, as the Lambda reads them
 
 
@@ -181,7 +183,6 @@ class Pool:
     instance_seconds: float = 0.0
     request_timeout_seconds: float | None = None  # real-time: a request not started by then has failed
     clock: float = 0.0  # the pool has been played forward to here
-    sent_now: int = 0  # jobs sent to this pool's queue in the current period (routed, moved or failed over)
     _tiebreak: int = 0
     # The warm lane (config.warm_pool): when each stopped, prepared instance is ready to start (a replacement is
     # prepared while the one taken serves), the lane's live instances, and the preparation runs not yet billed.
@@ -197,15 +198,20 @@ class Pool:
         self.billing: list[Instance] = []  # instances still billed
         self.on_finish: Callable[[JobRecord], None] | None = None
         self.timed_out: list[JobRecord] = []
-        self.sent_periods: deque[int] = deque(maxlen=SENT_WINDOW_PERIODS + SENT_LAG_PERIODS)
+        # Jobs sent to this pool's queue (routed, moved or failed over) per minute, by minute index.
+        self.sent_minutes: dict[int, int] = {}
 
-    def close_period(self) -> None:
-        self.sent_periods.append(self.sent_now)
-        self.sent_now = 0
+    def count_sent(self, at: float, jobs: int = 1) -> None:
+        minute = int(at // SENT_MINUTE_SECONDS)
+        self.sent_minutes[minute] = self.sent_minutes.get(minute, 0) + jobs
 
-    def sent_recently(self) -> int:
-        published = list(self.sent_periods)[:len(self.sent_periods) - SENT_LAG_PERIODS]
-        return max(published, default=0)
+    def sent_recently(self, now: float) -> int:
+        """The busiest published minute: minutes before the newest complete one, within the window."""
+        newest_published = int(now // SENT_MINUTE_SECONDS) - 1 - SENT_LAG_MINUTES
+        oldest = newest_published - SENT_WINDOW_MINUTES + 1
+        for minute in [m for m in self.sent_minutes if m < oldest]:
+            del self.sent_minutes[minute]
+        return max((n for m, n in self.sent_minutes.items() if m <= newest_published), default=0)
 
     @property
     def key(self) -> str:
@@ -366,7 +372,7 @@ class Pool:
             visible=len(self.queue), in_flight=self.in_flight(now),
             oldest_age_seconds=(now - self.queue[0].enqueued) if self.queue else 0.0, desired=self.desired,
             in_service=sum(1 for i in live if i.ready_at <= now), pending=sum(1 for i in live if i.ready_at > now),
-            failed_launches=recent, sent_recently=self.sent_recently())
+            failed_launches=recent, sent_recently=self.sent_recently(now))
 
 
 class Controller(Protocol):
@@ -452,7 +458,7 @@ class Simulation:
             record.job = record.job.moved()
             record.enqueued = now
             destination.queue.append(record)
-        destination.sent_now += len(records)
+        destination.count_sent(now, len(records))
         self.moves += len(records)
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -476,11 +482,10 @@ class Simulation:
                 region, name = destination if isinstance(destination, tuple) else (arrival.region, destination)
                 pool = self.pools[region][name]
                 pool.queue.append(record)
-                pool.sent_now += 1
+                pool.count_sent(arrival.at)
                 index += 1
             for pool in self.all_pools:
                 pool.dispatch(t1)
-                pool.close_period()
             self._bill_step(t1 - period, t1)
             self._events(t1)
             for region, pools in self.pools.items():
