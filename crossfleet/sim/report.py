@@ -133,7 +133,11 @@ def tables(bench_dir: Path) -> str:
     reports.sort(key=lambda r: (order.get(r["scenario"], 99), r["scenario"]))
     if not reports:
         return ""
-    return "\n\n".join([targets_table(reports)] + [scenario_table(r) for r in reports])
+    timed = [r for r in reports if r.get("wall_seconds") is not None]
+    timing = ("Wall time of this `make bench` run, per scenario (every policy, frontier point and ablation, and "
+              "both bounds): " + ", ".join(f"{r['scenario']} {r['wall_seconds']:.0f} s" for r in timed)
+              + f"; {sum(r['wall_seconds'] for r in timed) / 60:.1f} min in all.") if timed else ""
+    return "\n\n".join([targets_table(reports)] + [scenario_table(r) for r in reports] + ([timing] if timing else []))
 
 
 def rewrite(readme: Path, text: str) -> None:

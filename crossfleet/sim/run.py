@@ -12,6 +12,7 @@ import itertools
 import json
 import multiprocessing
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -284,6 +285,7 @@ def bench(scenario: Scenario, out_dir: Path | None = None, *, progress: bool = F
           policies: tuple[str, ...] | None = None, sweeps: bool = True, ablations: bool = True,
           integer: bool = True, workers: int = 2, integer_time_limit_seconds: float = 30.0) -> dict[str, Any]:
     """Every policy (and its frontier, and crossfleet's ablations) on one workload, and both bounds."""
+    started = time.monotonic()
     arrivals = build_workload(scenario)
     runs = variants(scenario, policies, sweeps=sweeps, ablations=ablations)
     _SHARED.update(scenario=scenario, arrivals=arrivals, out_dir=out_dir)
@@ -343,6 +345,8 @@ def bench(scenario: Scenario, out_dir: Path | None = None, *, progress: bool = F
         for baseline, points in report["frontiers"].items():
             cost = frontier_cost_at(points, mine["slo_attainment"])
             report["cost_vs_frontier"][baseline] = None if cost is None else round(mine["cost_usd"] / cost, 4)
+    # Wall time of this bench on this machine (every run, both bounds), for the README's generated tables.
+    report["wall_seconds"] = round(time.monotonic() - started, 1)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "bench.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
