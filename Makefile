@@ -73,7 +73,7 @@ lint: setup
 # The shipped scenarios read the Azure code trace from ../shared/traces (see README: Data).
 # Speed targets (checked here, never in timed tests): steady-40x, one hour at 40x the trace's rate with every
 # policy, the frontiers' sweeps and both bounds, under 3 minutes on 2 cores; one policy at 40x under 10 s.
-SCENARIOS := steady burst gpu-shortage spot-wave off-peak realtime steady-40x synthetic-bursts steady-warm-pool
+SCENARIOS := steady burst gpu-shortage spot-wave off-peak price-change realtime steady-40x synthetic-bursts steady-warm-pool
 bench: setup
 	@start=$$(date +%s); \
 	for s in $(SCENARIOS); do \

@@ -61,9 +61,9 @@ def acknowledge_findings(stack: Stack) -> None:
     _ack(stack, f"{base}/Results/AccessLogs/Resource", "AwsSolutions-S1",
          "This bucket receives the results bucket's server access logs; logging the log bucket would recurse.")
     _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
-         "DescribeAutoScalingGroups, DescribeScalingActivities and cloudwatch:GetMetricData (queue ages) support "
-         "no resource-level permissions; the other '*' statements are Denies (no retagging, no size, subnet or "
-         "type changes).",
+         "DescribeAutoScalingGroups, DescribeScalingActivities, cloudwatch:GetMetricData (queue ages and sends) and "
+         "ec2:DescribeSpotPriceHistory (public Spot prices, with Spot pools only) support no resource-level "
+         "permissions; the other '*' statements are Denies (no retagging, no size, subnet or type changes).",
          applies_to=["Resource::*"])
     _ack(stack, f"{base}/Rebalancer/Role/DefaultPolicy/Resource", "AwsSolutions-IAM5",
          "Switching a mixed-instances group between Spot and On-Demand re-submits its launch template, which "

@@ -293,3 +293,53 @@ class _NoController:
 
     def control(self, now, region, pools, sim) -> None:
         return None
+
+
+def test_the_spot_price_adapter_reads_the_cheapest_zone_in_the_documented_shape():
+    import datetime
+
+    import boto3
+    from botocore.stub import Stubber
+
+    from crossfleet_control.aws.spot_prices import SpotPrices
+
+    client = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    errors: list[str] = []
+    reader = SpotPrices(client, {"gpu": "g6e.xlarge"}, lambda where, error: errors.append(where))
+    start = datetime.datetime.fromtimestamp(NOW, tz=datetime.UTC)
+    request = {"InstanceTypes": ["g6e.xlarge"], "ProductDescriptions": ["Linux/UNIX"], "StartTime": start,
+               "MaxResults": 100}
+    with Stubber(client) as stub:
+        stub.add_response("describe_spot_price_history", {"SpotPriceHistory": [
+            {"AvailabilityZone": "us-east-1a", "InstanceType": "g6e.xlarge", "ProductDescription": "Linux/UNIX",
+             "SpotPrice": "1.2500", "Timestamp": start},
+            {"AvailabilityZone": "us-east-1b", "InstanceType": "g6e.xlarge", "ProductDescription": "Linux/UNIX",
+             "SpotPrice": "0.9800", "Timestamp": start},
+            {"AvailabilityZone": "us-east-1b", "InstanceType": "g6e.xlarge", "ProductDescription": "Windows",
+             "SpotPrice": "0.1000", "Timestamp": start}]}, request)
+        assert reader.current(NOW) == {"gpu": 0.98}
+        stub.add_client_error("describe_spot_price_history", "RequestLimitExceeded", http_status_code=503)
+        assert reader.current(NOW) == {}, "unreadable: unknown, never a guess"
+    assert errors == ["ec2.describe_spot_price_history[gpu]"]
+
+
+def test_spot_that_saves_nothing_is_left_until_it_saves_again():
+    from crossfleet_control.core.settings import pool_spec
+
+    spot_gpu = pool_spec("gpu", "g6e.xlarge", vcpus=4, accelerators=1, min_size=0, max_size=48,
+                         on_demand_percentage=20)
+    on_demand = spot_gpu.profile.on_demand_per_hour
+    telemetry = _telemetry(desired=4)
+
+    def market(spot: float | None, running: int) -> tuple[int, str]:
+        observation = Observation(NOW, {"gpu": telemetry}, on_demand_percentage={"gpu": running},
+                                  spot_prices={} if spot is None else {"gpu": spot})
+        decision = policy.choose_markets(observation, {"gpu": spot_gpu})["gpu"]
+        return decision.desired, decision.reason
+
+    assert market(0.55 * on_demand, 20)[0] == 20
+    desired, reason = market(1.6 * on_demand, 20)
+    assert desired == 100 and "On-Demand until Spot is below 90%" in reason
+    assert market(0.95 * on_demand, 100)[0] == 100, "hysteresis: not back while Spot is within 10% of On-Demand"
+    assert market(0.8 * on_demand, 100)[0] == 20, "back to the configured share once Spot saves again"
+    assert market(None, 20)[0] == 20, "no price read: the market choice ignores price"

@@ -43,8 +43,11 @@ class CrossfleetPolicy:
     name = "crossfleet"
 
     def __init__(self, settings: PolicySettings, *, failover: bool = True, capacity_health: bool = True,
-                 cost_placement: bool = True) -> None:
+                 cost_placement: bool = True, spot_prices: bool = True) -> None:
         self.settings = settings
+        # `spot_prices=False`: the Spot price is never read (a deployment without DescribeSpotPriceHistory):
+        # the market choice reacts to Spot shortages only.
+        self.spot_prices = spot_prices
         # `cost_placement=False`: the router places every `either` job on its preferred pool (the router before
         # placement by marginal cost); the rebalancer's moves are unchanged.
         self.cost_placement = cost_placement
@@ -95,7 +98,15 @@ class CrossfleetPolicy:
                            health=self.health.get(region, {}), region=region,
                            configured_regions=tuple(sim.pools) if self.failover else (region,),
                            peers={r: s for r, s in self.summaries.items() if r != region},
-                           prices={name: pool.price_per_hour for name, pool in pools.items()})
+                           prices={name: pool.price_per_hour for name, pool in pools.items()},
+                           # The Spot price the Lambda reads from DescribeSpotPriceHistory, here the scenario's,
+                           # and the On-Demand share the group runs with (what the market choice last set).
+                           spot_prices={name: pool.profile.spot_per_hour * pool.spot_price_factor * pool.price_factor
+                                        for name, pool in pools.items()
+                                        if pool.config.spot_fraction > 0 and self.spot_prices},
+                           on_demand_percentage={name: pool.market_on_demand if pool.market_on_demand is not None
+                                                 else pool.spec.on_demand_percentage
+                                                 for name, pool in pools.items()})
 
     def _pool_views(self, region: str) -> dict[str, PoolView]:
         assert self._sim is not None
@@ -162,6 +173,12 @@ class CrossfleetPolicy:
         for name, pool_decision in decision.pools.items():
             if pool_decision.desired is not None and pool_decision.desired != pools[name].desired:
                 sim.set_desired(pools[name], pool_decision.desired, now)
+                calls += 1
+        for name, market in decision.markets.items():
+            # As act.py does: the group's On-Demand share changes, and new launches follow it.
+            if market.desired != observation.on_demand_percentage.get(name):
+                pools[name].market_on_demand = market.desired
+                sim.market_changes += 1
                 calls += 1
         summary = policy.region_summary(observation, specs, self.settings, decision)
         if summary is not None and self.failover:
@@ -230,10 +247,10 @@ POLICIES = ("crossfleet", "gpu-only", "cpu-only", "static-split", "target-tracki
 
 def make_controller(name: str, settings: PolicySettings, *, target_wait_seconds: float | None = None,
                     failover: bool = True, capacity_health: bool = True,
-                    cost_placement: bool = True) -> CrossfleetPolicy | TargetTracking:
+                    cost_placement: bool = True, spot_prices: bool = True) -> CrossfleetPolicy | TargetTracking:
     if name == "crossfleet":
         return CrossfleetPolicy(settings, failover=failover, capacity_health=capacity_health,
-                                cost_placement=cost_placement)
+                                cost_placement=cost_placement, spot_prices=spot_prices)
     routers = {"gpu-only": _gpu_first, "cpu-only": _cpu_first, "static-split": _split,
                "target-tracking": _preferred}
     if name not in routers:

@@ -107,7 +107,7 @@ class Instance:
     """
 
     __slots__ = ("decode", "draining", "fixed", "index", "k", "last", "launched_at", "prefill", "rates",
-                 "ready_at", "terminated_at", "vd", "version", "vp")
+                 "ready_at", "spot_share", "terminated_at", "vd", "version", "vp")
 
     def __init__(self, index: int, launched_at: float, boot_seconds: float, rates: Rates) -> None:
         self.index = index
@@ -118,6 +118,7 @@ class Instance:
         self.rates = rates
         self.last = self.ready_at
         self.vp = 0.0
+        self.spot_share = 0.0  # billed at the Spot price for this share of its hours (its market at launch)
         self.vd = 0.0
         self.k = 0
         self.version = 0
@@ -176,6 +177,10 @@ class Pool:
     failed_launches: list[float] = field(default_factory=list)
     launched: list[float] = field(default_factory=list)  # successful launch times (the capacity signals' successes)
     price_factor: float = 1.0
+    # The On-Demand share above base the controller set (crossfleet's market choice); None: as configured.
+    # Running instances keep the market they launched in and only new launches follow it (AWS replaces them
+    # gradually, new before old: the simulator understates what a switch saves and the launches it causes).
+    market_on_demand: int | None = None
     # Price events on one market only (a Spot price spike leaves On-Demand alone): multiply that market's price.
     spot_price_factor: float = 1.0
     on_demand_price_factor: float = 1.0
@@ -219,8 +224,17 @@ class Pool:
 
     @property
     def price_per_hour(self) -> float:
-        blended = (self.profile.on_demand_per_hour * self.on_demand_price_factor * (1 - self.config.spot_fraction)
-                   + self.profile.spot_per_hour * self.spot_price_factor * self.config.spot_fraction)
+        """What a new launch costs per hour now (its market share at today's prices)."""
+        return self.price_at(self.spot_share())
+
+    def spot_share(self) -> float:
+        if self.market_on_demand is None:
+            return self.config.spot_fraction
+        return min(self.config.spot_fraction, (100 - self.market_on_demand) / 100)
+
+    def price_at(self, spot_share: float) -> float:
+        blended = (self.profile.on_demand_per_hour * self.on_demand_price_factor * (1 - spot_share)
+                   + self.profile.spot_per_hour * self.spot_price_factor * spot_share)
         return blended * self.price_factor
 
     def live(self) -> list[Instance]:
@@ -241,6 +255,7 @@ class Pool:
             self.warm_starts += 1
             boot = warm.start_seconds
         instance = Instance(index, now, boot, self.rates)
+        instance.spot_share = 0.0 if index in self.lane else self.spot_share()
         self.instances.append(instance)
         self.billing.append(instance)
         self.launched.append(now)
@@ -408,7 +423,8 @@ class Simulation:
             for name, config in pools.items():
                 info = table[config.instance_type]
                 spec = pool_spec(name, config.instance_type, vcpus=info.vcpus, accelerators=info.accelerator_count,
-                                 min_size=config.min_size, max_size=config.max_size)
+                                 min_size=config.min_size, max_size=config.max_size,
+                                 on_demand_percentage=round(100 * (1 - config.spot_fraction)))
                 pool = Pool(region=region, name=name, config=config, profile=spec.profile, spec=spec,
                             request_timeout_seconds=request_timeout_seconds)
                 pool.on_finish = self._finished
@@ -426,6 +442,7 @@ class Simulation:
         self.records: list[JobRecord] = []
         self.samples: list[StepSample] = []
         self.moves = 0
+        self.market_changes = 0  # On-Demand share changes the controller made (Spot fallback, Spot price)
         self.api_calls = 0
         self.cycles = 0
         self.requeued = 0
@@ -507,6 +524,9 @@ class Simulation:
             price, watts = pool.price_per_hour / 3600, pool.profile.watts / 3.6e6
             kept = []
             for instance in pool.billing:
+                # Each instance at its own market's price (its share set at launch); the same float as the
+                # pool's price whenever the market never changed.
+                instance_price = pool.price_at(instance.spot_share) / 3600
                 start = max(t0, instance.launched_at)
                 stop = t1 if instance.terminated_at is None else min(t1, instance.terminated_at)
                 if instance.terminated_at is not None and instance.terminated_at <= t1:
@@ -515,8 +535,8 @@ class Simulation:
                 if stop > start:
                     seconds = stop - start
                     pool.instance_seconds += seconds
-                    pool.cost_usd += seconds * price
-                    self.cost_usd += seconds * price
+                    pool.cost_usd += seconds * instance_price
+                    self.cost_usd += seconds * instance_price
                     self.energy_kwh += seconds * watts
                 if instance.terminated_at is None or instance.terminated_at > t1:
                     kept.append(instance)

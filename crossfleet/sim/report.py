@@ -129,7 +129,7 @@ def targets_table(reports: list[dict[str, Any]]) -> str:
 def tables(bench_dir: Path) -> str:
     reports = [json.loads(p.read_text()) for p in sorted(bench_dir.glob("*/bench.json"))]
     order = {"steady": 0, "burst": 1, "gpu-shortage": 2, "spot-wave": 3, "realtime": 4, "steady-40x": 5,
-             "synthetic-bursts": 6}
+             "synthetic-bursts": 6, "off-peak": 7, "price-change": 8, "steady-warm-pool": 9}
     reports.sort(key=lambda r: (order.get(r["scenario"], 99), r["scenario"]))
     if not reports:
         return ""

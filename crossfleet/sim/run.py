@@ -52,6 +52,8 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "with-occupancy-sizing": ({"target_utilization": 0.85}, {}),
     # The router places every `either` job on its preferred pool (no placement by marginal cost at routing).
     "no-cost-placement": ({}, {"cost_placement": False}),
+    # The Spot price is never read: the group stays on Spot however dear it gets (Spot shortages still count).
+    "no-spot-price": ({}, {"spot_prices": False}),
     "no-capacity-health": ({}, {"capacity_health": False}),  # failed launches never open a breaker
     "no-gradual-scale-in": ({"scale_in_delay_seconds": 0.0, "max_scale_in_step": 10**6}, {}),
 }
@@ -171,6 +173,7 @@ def summarize(scenario: Scenario, policy_name: str, sim: Simulation) -> dict[str
         "energy_note": ENERGY_NOTE,
         "api_calls_per_cycle": round(sim.api_calls / max(1, sim.cycles), 2),
         "moves": sim.moves,
+        "market_changes": sim.market_changes,
         "requeued_by_interruption": sim.requeued,
     }
     result["latency_p50_s"], result["latency_p99_s"] = result["p50_seconds"], result["p99_seconds"]

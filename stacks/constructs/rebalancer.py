@@ -210,6 +210,11 @@ class Rebalancer(Construct):
             sid="ReadQueueAgeMetrics", actions=["cloudwatch:GetMetricData"],
             # GetMetricData supports no resource-level permissions; it reads metrics only.
             resources=["*"]))
+        if any(g.on_demand_percentage < 100 for g in groups.values()):
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ReadSpotPrices", actions=["ec2:DescribeSpotPriceHistory"],
+                # Describe calls do not support resource-level permissions; public price data only.
+                resources=["*"]))
         role.add_to_policy(iam.PolicyStatement(
             sid="NeverRetagGroups", effect=iam.Effect.DENY,
             actions=["autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"], resources=["*"]))

@@ -210,6 +210,8 @@ def pool_price_per_hour(spec: PoolSpec, observation: Observation) -> float:
         return observed
     on_demand = (spec.on_demand_price_per_hour if spec.on_demand_price_per_hour is not None
                  else spec.profile.on_demand_per_hour)
-    spot = spec.spot_price_per_hour if spec.spot_price_per_hour is not None else spec.profile.spot_per_hour
+    spot = observation.spot_prices.get(spec.name)
+    if spot is None:
+        spot = spec.spot_price_per_hour if spec.spot_price_per_hour is not None else spec.profile.spot_per_hour
     running = observation.on_demand_percentage.get(spec.name)
     return blended_price_per_hour(on_demand, spot, running if running is not None else spec.on_demand_percentage)

@@ -508,21 +508,40 @@ def decide(observation: Observation, specs: Mapping[str, PoolSpec], settings: Po
                     markets=choose_markets(observation, specs))
 
 
+# Spot back from On-Demand only once it costs at most this share of On-Demand again: a price that hovers at
+# On-Demand's must not flip the group's market every cycle.
+SPOT_RETURN_SHARE = 0.9
+
+
 def choose_markets(observation: Observation, specs: Mapping[str, PoolSpec]) -> dict[str, MarketDecision]:
-    """Spot -> On-Demand while a pool's Spot breaker is not closed, back to the configured share once it is."""
+    """Spot -> On-Demand while a pool's Spot breaker is not closed, or while Spot costs as much as On-Demand (it
+    saves nothing and can still be interrupted); back to the configured share once both are over (by price, only
+    once Spot is below `SPOT_RETURN_SHARE` of On-Demand)."""
     markets = {}
     for name, spec in specs.items():
         if spec.on_demand_percentage >= 100:
             continue  # no Spot configured: nothing to fall back from
         current = observation.on_demand_percentage.get(name)
         health = observation.health_of(name)
+        spot = observation.spot_prices.get(name)
+        on_demand = (spec.on_demand_price_per_hour if spec.on_demand_price_per_hour is not None
+                     else spec.profile.on_demand_per_hour)
+        on_price = current == 100  # running On-Demand now, whatever made it
+        dear = spot is not None and on_demand > 0 and (
+            spot >= on_demand or (on_price and spot > SPOT_RETURN_SHARE * on_demand))
         if observation.override(name).frozen:
             markets[name] = MarketDecision(name, current, current if current is not None else
                                            spec.on_demand_percentage, "frozen by operator")
         elif health.spot_short:
             markets[name] = MarketDecision(name, current, 100, f"Spot short, On-Demand until it recovers: "
                                                                 f"{health.reason}")
+        elif dear:
+            assert spot is not None
+            markets[name] = MarketDecision(name, current, 100, f"Spot ${spot:.3f}/h against On-Demand "
+                                                                f"${on_demand:.3f}/h: On-Demand until Spot is below "
+                                                                f"{SPOT_RETURN_SHARE:.0%} of it")
         else:
+            price = f" (Spot ${spot:.3f}/h, On-Demand ${on_demand:.3f}/h)" if spot is not None else ""
             markets[name] = MarketDecision(name, current, spec.on_demand_percentage,
-                                           f"Spot healthy: configured {spec.on_demand_percentage}% On-Demand")
+                                           f"Spot healthy: configured {spec.on_demand_percentage}% On-Demand{price}")
     return markets

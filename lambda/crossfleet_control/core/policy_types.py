@@ -140,6 +140,9 @@ class Observation:
     # Each pool's current effective $/hour per instance when the caller knows it (the simulator's prices over
     # time); absent: the pool's configured prices at its On-Demand share (`marginal_cost.pool_price_per_hour`).
     prices: Mapping[str, float] = field(default_factory=dict)
+    # Each Spot pool's current Spot price, $/hour per instance of its primary type (DescribeSpotPriceHistory;
+    # the simulator's prices over time); absent: unknown, and the market choice ignores price.
+    spot_prices: Mapping[str, float] = field(default_factory=dict)
 
     def override(self, pool: str) -> Override:
         return self.overrides.get(pool, Override())

@@ -15,6 +15,7 @@ from crossfleet_control.aws.health_store import HealthStore
 from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.aws.queues import QueueAges, RegionForwarder, SqsQueues
+from crossfleet_control.aws.spot_prices import SpotPrices
 from crossfleet_control.core.settings import Settings
 from crossfleet_control.orchestration.dependencies import Dependencies
 from crossfleet_control.orchestration.rebalance_cycle import run_cycle
@@ -37,6 +38,8 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
     peer_dynamodb = {region: session.client("dynamodb", region_name=region, config=config)
                      for region in settings.peers}
     peer_sqs = {region: session.client("sqs", region_name=region, config=config) for region in settings.peers}
+    # Pools that run Spot: their Spot price decides whether Spot still saves anything (core.policy.choose_markets).
+    spot_pools = {p: s.instance_type for p, s in settings.pools.items() if s.on_demand_percentage < 100}
     return Dependencies(
         settings=settings,
         queues=SqsQueues(session.client("sqs", config=config),
@@ -58,6 +61,7 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
                                   on_error),
         endpoint=EndpointClient(session.client("elbv2", config=config), session.client("cloudwatch", config=config),
                                 settings.endpoint, on_error) if settings.endpoint else None,
+        spot_prices=SpotPrices(session.client("ec2", config=config), spot_pools, on_error) if spot_pools else None,
     )
 
 

@@ -15,6 +15,7 @@ from crossfleet_control.aws.health_store import HealthStore
 from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.metrics import MetricsRecorder
 from crossfleet_control.aws.queues import QueueAges, RegionForwarder, SqsQueues
+from crossfleet_control.aws.spot_prices import SpotPrices
 from crossfleet_control.core.settings import Settings
 
 
@@ -30,4 +31,5 @@ class Dependencies:
     health: HealthStore | None = None
     forwarder: RegionForwarder | None = None
     endpoint: EndpointClient | None = None
+    spot_prices: SpotPrices | None = None
     clock: Callable[[], float] = time.time

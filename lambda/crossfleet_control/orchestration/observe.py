@@ -48,9 +48,11 @@ def observe(deps: Dependencies, now: float, overrides: dict[str, Any], *, record
             desired=group.desired if tag_ok else None, in_service=group.in_service if tag_ok else None,
             pending=group.pending, failed_launches=failed, launches=launched, sent_recently=sent.get(pool))
     health, peers = capacity(deps, telemetry, now, record_signals)
+    spot_prices = deps.spot_prices.current(now) if deps.spot_prices else {}
     return Observation(now=now, pools=telemetry, overrides=overrides, health=health, peers=peers,
                        region=settings.region, configured_regions=settings.configured_regions,
-                       on_demand_percentage={pool: groups[pool].on_demand_percentage for pool in settings.pools})
+                       on_demand_percentage={pool: groups[pool].on_demand_percentage for pool in settings.pools},
+                       spot_prices=spot_prices)
 
 
 
