@@ -171,8 +171,8 @@ def test_bench_json_has_the_documented_stable_schema():
     assert all({"knob", "cost_usd", "slo_attainment"} == set(p) for p in report["frontiers"]["gpu-only"])
     assert set(report["cost_vs_frontier"]) == {"gpu-only"}
     assert set(report["ablations"]) == {"no-moves", "no-failover", "no-moves-or-failover", "no-capacity-health",
-                                        "no-gradual-scale-in",
-                                        "no-warm-start", "no-cost-placement", "no-spot-price", "fixed-steps", "with-occupancy-sizing"}
+                                        "no-gradual-scale-in", "no-warm-start", "no-cost-placement", "no-spot-price",
+                                        "fixed-steps", "with-occupancy-sizing"}
 
 
 def test_frontier_cost_is_interpolated_between_pareto_points_and_null_when_never_reached():
