@@ -244,8 +244,11 @@ def test_rebalancer_may_size_only_this_deployments_groups_and_never_retag_them(
     assert all(s["Effect"] == "Deny" for s in statements if "ec2:*:*:" in json.dumps(s["Resource"])), \
         "account-wide EC2 patterns only in ceilings (tests/test_iam_scope.py)"
     launch_template_use = [s for s in wildcard_allows if "ec2:RunInstances" in _as_list(s["Action"])]
+    # Reads only: Describe calls and GetMetricData have no resource-level permissions; the Spot price read is
+    # there only when a pool uses Spot (the default Graviton fleet does).
     assert all(set(_as_list(s["Action"])) <= {"autoscaling:DescribeAutoScalingGroups", "cloudwatch:GetMetricData",
-                                              "autoscaling:DescribeScalingActivities"}
+                                              "autoscaling:DescribeScalingActivities",
+                                              "ec2:DescribeSpotPriceHistory"}
                for s in wildcard_allows if s not in launch_template_use)
     # Switching Spot <-> On-Demand re-submits a launch template: only this stack's own templates.
     for statement in launch_template_use:
