@@ -17,19 +17,15 @@ from crossfleet_control.core.policy_types import (
     Override,
     PolicySettings,
     PoolMemory,
-    PoolSpec,
     PoolTelemetry,
 )
-from crossfleet_control.core.service_model import profile_for
-from crossfleet_control.core.settings import REFERENCE_JOB
+from crossfleet_control.core.settings import pool_spec
 
 NOW = 1_700_000_000.0
 SETTINGS = PolicySettings(target_wait_seconds=20, scale_in_delay_seconds=600, max_scale_up_step=10,
                           max_scale_in_step=2)
-GPU = PoolSpec(name="gpu", min_size=0, max_size=48, profile=profile_for("g6e.xlarge", vcpus=4, accelerators=1),
-               mean_job_seconds=profile_for("g6e.xlarge", vcpus=4, accelerators=1).job_seconds(REFERENCE_JOB))
-CPU = PoolSpec(name="cpu", min_size=1, max_size=60, profile=profile_for("m9g.16xlarge", vcpus=64, accelerators=0),
-               mean_job_seconds=profile_for("m9g.16xlarge", vcpus=64, accelerators=0).job_seconds(REFERENCE_JOB))
+GPU = pool_spec("gpu", "g6e.xlarge", vcpus=4, accelerators=1, min_size=0, max_size=48)
+CPU = pool_spec("cpu", "m9g.16xlarge", vcpus=64, accelerators=0, min_size=1, max_size=60)
 
 samples = st.lists(st.tuples(st.floats(NOW - 7200, NOW), st.integers(0, 500)), max_size=80)
 
@@ -180,11 +176,11 @@ def test_the_adapter_reads_sends_and_ages_in_one_documented_get_metric_data_call
     import boto3
     from botocore.stub import Stubber
 
-    from crossfleet_control.aws.queues import QueueAges
+    from crossfleet_control.aws.queues import QueueMetrics
 
     client = boto3.client("cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     errors: list[str] = []
-    ages = QueueAges(client, {"cpu": "dep-cpu", "gpu": "dep-gpu"}, lambda where, error: errors.append(where))
+    ages = QueueMetrics(client, {"cpu": "dep-cpu", "gpu": "dep-gpu"}, lambda where, error: errors.append(where))
     start = datetime.datetime.fromtimestamp(NOW - 300, tz=datetime.UTC)
     end = datetime.datetime.fromtimestamp(NOW, tz=datetime.UTC)
 
@@ -324,8 +320,6 @@ def test_the_spot_price_adapter_reads_the_cheapest_zone_in_the_documented_shape(
 
 
 def test_spot_that_saves_nothing_is_left_until_it_saves_again():
-    from crossfleet_control.core.settings import pool_spec
-
     spot_gpu = pool_spec("gpu", "g6e.xlarge", vcpus=4, accelerators=1, min_size=0, max_size=48,
                          on_demand_percentage=20)
     on_demand = spot_gpu.profile.on_demand_per_hour

@@ -186,7 +186,7 @@ def test_api_calls_per_cycle_are_bounded_and_do_not_grow_with_the_queue(queued: 
         # The policy's clock a fixed second after submission: how many jobs still meet their deadline on the
         # CPU (and so move) must not depend on how long this machine takes to build the fixture.
         deps.clock = lambda: submitted + 1.0
-        aws_calls = count_calls(deps.fleets.client, deps.state.client, deps.ages.client)
+        aws_calls = count_calls(deps.fleets.client, deps.state.client, deps.queue_metrics.client)
         result = run_cycle(deps, {}, holder="count", remaining_ms=lambda: 50_000)
         total = sum(aws_calls.values()) + sum(fake.calls.values())
         assert result["moves_decided"] > 0

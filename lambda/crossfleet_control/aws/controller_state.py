@@ -153,18 +153,19 @@ def _json_default(value: Any) -> Any:
 
 
 
-def _peaks(raw: Any) -> tuple[tuple[float, int], ...]:
-    """The forecast's envelope as saved; anything unreadable (an older item, a hand edit) reads as no history,
-    which only makes the floor start from the current want."""
+def _numeric_rows(raw: Any, width: int) -> list[tuple[float, ...]]:
+    """Rows of `width` finite numbers as saved (JSON lists); any other row, from an older item or a hand edit, is
+    dropped: the histories these hold only make a floor start from the current demand when they are missing."""
     if not isinstance(raw, list):
-        return ()
-    samples = []
-    for sample in raw:
-        if (isinstance(sample, list) and len(sample) == 2 and all(isinstance(v, (int, float)) and
-                                                                  not isinstance(v, bool) for v in sample)
-                and math.isfinite(sample[0]) and math.isfinite(sample[1])):
-            samples.append((float(sample[0]), int(sample[1])))
-    return tuple(samples)
+        return []
+    return [tuple(float(v) for v in row) for row in raw
+            if isinstance(row, list) and len(row) == width
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row)]
+
+
+def _peaks(raw: Any) -> tuple[tuple[float, int], ...]:
+    """The forecast's envelope as saved."""
+    return tuple((at, int(want)) for at, want in _numeric_rows(raw, 2))
 
 
 _SERVING_V1 = ("pending_cost_target", "calm")  # the serving memory's fields the first release wrote
@@ -176,6 +177,5 @@ def _serving(data: Mapping[str, Any]) -> ServingMemory:
     saved = data.get("serving", {})
     known = {k: saved[k] for k in _SERVING_V1 if isinstance(saved, dict) and k in saved}
     recent = data.get("serving_recent", saved.get("recent", []) if isinstance(saved, dict) else [])
-    rows = tuple(tuple(float(v) for v in row) for row in recent if isinstance(row, list) and len(row) == 3
-                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row))
-    return ServingMemory(**known, recent=rows)  # type: ignore[arg-type]
+    rows = tuple((at, short, long) for at, short, long in _numeric_rows(recent, 3))
+    return ServingMemory(**known, recent=rows)

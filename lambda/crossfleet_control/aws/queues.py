@@ -162,7 +162,7 @@ class RegionForwarder:
 
 
 @dataclass
-class QueueAges:
+class QueueMetrics:
     """Two CloudWatch metrics per pool queue, in one GetMetricData call: the age of the oldest message (SQS exposes
     no API for it) and the messages sent in each minute (NumberOfMessagesSent, for the forecast: a burst that
     arrives and drains between two cycles leaves no queue behind, only sends). SQS publishes both as one-minute
@@ -172,9 +172,6 @@ class QueueAges:
     queue_names: Mapping[str, str]
     on_error: ErrorSink
     window_seconds: int = 300
-
-    def oldest_ages(self, now: float) -> dict[str, float | None]:
-        return self.read(now)[0]
 
     def read(self, now: float) -> tuple[dict[str, float | None], dict[str, int | None]]:
         """(oldest age, busiest minute's sends) per pool over the window; no datapoint reads as unknown (None)."""

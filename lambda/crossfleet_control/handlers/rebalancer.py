@@ -14,7 +14,7 @@ from crossfleet_control.aws.fleets import AutoScalingFleets, WarmLane
 from crossfleet_control.aws.health_store import HealthStore
 from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.metrics import MetricsRecorder
-from crossfleet_control.aws.queues import QueueAges, RegionForwarder, SqsQueues
+from crossfleet_control.aws.queues import QueueMetrics, RegionForwarder, SqsQueues
 from crossfleet_control.aws.spot_prices import SpotPrices
 from crossfleet_control.core.settings import Settings
 from crossfleet_control.orchestration.dependencies import Dependencies
@@ -52,8 +52,8 @@ def build_dependencies(settings: Settings, *, session: Any = None) -> Dependenci
         state=ControllerState(dynamodb, settings.table_name, settings.region),
         metrics=metrics,
         ledger=Ledger(dynamodb, settings.table_name),
-        ages=QueueAges(session.client("cloudwatch", config=config),
-                       {p: s.queue_url.rsplit("/", 1)[-1] for p, s in settings.pools.items()}, on_error),
+        queue_metrics=QueueMetrics(session.client("cloudwatch", config=config),
+                                   {p: s.queue_url.rsplit("/", 1)[-1] for p, s in settings.pools.items()}, on_error),
         health=HealthStore(dynamodb, settings.table_name, settings.region,
                            peers={r: (peer_dynamodb[r], peer.table_name) for r, peer in settings.peers.items()},
                            on_error=on_error),

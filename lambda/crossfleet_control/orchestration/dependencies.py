@@ -14,7 +14,7 @@ from crossfleet_control.aws.fleets import AutoScalingFleets
 from crossfleet_control.aws.health_store import HealthStore
 from crossfleet_control.aws.ledger import Ledger
 from crossfleet_control.aws.metrics import MetricsRecorder
-from crossfleet_control.aws.queues import QueueAges, RegionForwarder, SqsQueues
+from crossfleet_control.aws.queues import QueueMetrics, RegionForwarder, SqsQueues
 from crossfleet_control.aws.spot_prices import SpotPrices
 from crossfleet_control.core.settings import Settings
 
@@ -27,7 +27,7 @@ class Dependencies:
     state: ControllerState
     metrics: MetricsRecorder
     ledger: Ledger | None = None
-    ages: QueueAges | None = None
+    queue_metrics: QueueMetrics | None = None
     health: HealthStore | None = None
     forwarder: RegionForwarder | None = None
     endpoint: EndpointClient | None = None

@@ -33,7 +33,7 @@ def observe(deps: Dependencies, now: float, overrides: dict[str, Any], *, record
     """Everything the policy sees, read fresh from AWS (failure case 9: AWS is the source of truth)."""
     settings, metrics = deps.settings, deps.metrics
     groups = deps.fleets.telemetry()
-    ages, sent = deps.ages.read(now) if deps.ages else ({}, {})
+    ages, sent = deps.queue_metrics.read(now) if deps.queue_metrics else ({}, {})
     telemetry: dict[str, PoolTelemetry] = {}
     for pool in settings.pools:
         queue = deps.queues.telemetry(pool)
